@@ -1,0 +1,1 @@
+"""switchyard benchmarks: run all with `make bench` (python -m bench)."""

@@ -1,0 +1,67 @@
+"""The echo/health actor: a REQ/REP endpoint that answers every request.
+
+Wire format (JSON, one frame): a request ``{"op": "echo", "data": ...}`` gets
+``{"ok": true, "data": ...}``; ``{"op": "health"}`` gets ``{"ok": true, "app":
+..., "actors": {name: {state, handled, errors, restarts, mailbox_depth}}}``.
+Anything else (bad JSON, unknown op) gets ``{"ok": false, "error": "..."}``.
+Inside the system the actor answers ``ask(message)`` with ``message`` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from switchyard.protocols.codec import CodecError, json_codec
+from switchyard.runtime import Actor
+from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
+
+
+@attrs.frozen
+class EchoConfig:
+    endpoint: str = "tcp://127.0.0.1:5590"
+    max_message_size: int = 1 << 20
+
+
+class EchoActor(Actor):
+    """Echo and health checks over ZeroMQ REQ/REP (JSON), for smoke tests and monitoring."""
+
+    Config = EchoConfig
+
+    async def on_start(self) -> None:
+        self.server = ReqRepServer(
+            EndpointConfig(self.config.endpoint, max_message_size=self.config.max_message_size),
+            self._serve_request,
+            error_reply=self._error_reply,
+            name=f"{self.name}.reqrep",
+            logger=self.log,
+        )
+        self.endpoint = await self.nursery.start(self.server.serve)
+        self.log.info("echo/health serving on %s", self.endpoint)
+
+    async def on_stop(self) -> None:
+        await self.server.drain()
+
+    async def handle(self, message: Any) -> Any:
+        return message
+
+    async def _serve_request(self, body: bytes) -> bytes:
+        request = json_codec.decode(body)
+        if not isinstance(request, dict):
+            raise ValueError("request must be a JSON object")
+        op = request.get("op", "echo")
+        if op == "echo":
+            return json_codec.encode({"ok": True, "data": request.get("data")})
+        if op == "health":
+            actors = {
+                name: {k: v for k, v in stats.as_dict().items() if k not in ("name", "kind")}
+                for name, stats in self.system.stats().items()
+            }
+            return json_codec.encode({"ok": True, "app": self.system.name, "actors": actors})
+        raise ValueError(f"unknown op {op!r} (known: echo, health)")
+
+    @staticmethod
+    def _error_reply(exc: BaseException, body: Any) -> bytes:
+        reason = str(exc) if isinstance(exc, CodecError | ValueError) else f"{type(exc).__name__}: {exc}"
+        return json_codec.encode({"ok": False, "error": reason})

@@ -1,0 +1,99 @@
+"""The one codec layer: JSON and msgpack, with one error type.
+
+Every transport that carries structured bodies goes through a :class:`Codec`, so
+encoding rules live in one place:
+
+* JSON is UTF-8 with non-ASCII kept as is (``ensure_ascii=False``), compact
+  separators, and rejects NaN/Infinity on output (peers in C++ and Go choke on them).
+* msgpack uses the ``bin`` type for bytes and ``str`` for text (``use_bin_type``),
+  and decodes maps with non-string keys only when asked.
+
+Decoding never raises anything but :class:`CodecError` for bad input, whatever the
+bytes, so callers can turn it into a reply in their peer's format.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import msgpack
+
+__all__ = ["Codec", "CodecError", "JsonCodec", "MsgpackCodec", "json_codec", "msgpack_codec", "get_codec"]
+
+
+class CodecError(ValueError):
+    """Bytes that do not decode, or an object that does not encode."""
+
+
+class Codec(Protocol):
+    name: str
+
+    def encode(self, obj: Any) -> bytes: ...
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Any: ...
+
+
+class JsonCodec:
+    """UTF-8 JSON, non-ASCII kept, compact."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        self._decoder = json.JSONDecoder()
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return self._encoder.encode(obj).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"cannot encode as JSON: {exc}") from exc
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CodecError(f"not UTF-8 at byte {exc.start}") from exc
+        try:
+            return self._decoder.decode(text)
+        except json.JSONDecodeError as exc:
+            raise CodecError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        except RecursionError as exc:
+            raise CodecError("invalid JSON: nested too deeply") from exc
+
+
+class MsgpackCodec:
+    """msgpack with bin/str distinguished."""
+
+    name = "msgpack"
+
+    def __init__(self, *, max_buffer_size: int = 0) -> None:
+        self._max_buffer_size = max_buffer_size
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return msgpack.packb(obj, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CodecError(f"cannot encode as msgpack: {exc}") from exc
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise CodecError(f"invalid msgpack: {exc}") from exc
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CodecError(f"invalid msgpack: {exc}") from exc
+
+
+json_codec = JsonCodec()
+msgpack_codec = MsgpackCodec()
+
+_CODECS: dict[str, Codec] = {"json": json_codec, "msgpack": msgpack_codec}
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name`` (``"json"`` or ``"msgpack"``)."""
+    try:
+        return _CODECS[name]
+    except KeyError:
+        raise CodecError(f"unknown codec {name!r}; known: {', '.join(sorted(_CODECS))}") from None

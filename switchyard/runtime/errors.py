@@ -1,0 +1,93 @@
+"""Exceptions a caller of the runtime may catch."""
+
+from __future__ import annotations
+
+
+def single_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else ``exc``.
+
+    Trio nurseries wrap even a lone failure in an ``ExceptionGroup``; restarts are
+    logged and counted with the real cause.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class SwitchyardError(Exception):
+    """Base class of every error the runtime raises on purpose."""
+
+
+class MailboxFull(SwitchyardError):
+    """``tell_nowait`` found the actor's bounded mailbox full (backpressure)."""
+
+    def __init__(self, actor: str, capacity: int) -> None:
+        super().__init__(f"mailbox of actor {actor!r} is full ({capacity} messages waiting)")
+        self.actor = actor
+        self.capacity = capacity
+
+
+class ActorStopped(SwitchyardError):
+    """The actor has stopped for good: its mailbox no longer accepts messages."""
+
+    def __init__(self, actor: str, detail: str = "has stopped") -> None:
+        super().__init__(f"actor {actor!r} {detail}")
+        self.actor = actor
+
+
+class ActorNotFound(SwitchyardError, LookupError):
+    """No actor is registered under that name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no actor named {name!r}; known: {', '.join(sorted(known)) or '(none)'}")
+        self.name = name
+
+
+class AskTimeout(SwitchyardError, TimeoutError):
+    """``ask`` got no reply within its timeout. The actor may still process the message."""
+
+    def __init__(self, actor: str, timeout: float) -> None:
+        super().__init__(f"actor {actor!r} did not reply within {timeout:g} s")
+        self.actor = actor
+        self.timeout = timeout
+
+
+class ActorError(SwitchyardError):
+    """A handler raised while serving this caller's ``ask`` or ``stream``.
+
+    The actor itself goes on. ``exception`` is the original exception object (also
+    chained as ``__cause__``); ``type_name`` and ``detail`` describe it for callers
+    that only log or forward it.
+    """
+
+    def __init__(self, actor: str, exception: BaseException | None, detail: str | None = None) -> None:
+        self.actor = actor
+        self.exception = exception
+        self.type_name = type(exception).__name__ if exception is not None else "ActorError"
+        self.detail = detail if detail is not None else str(exception)
+        super().__init__(f"actor {actor!r} failed: {self.type_name}: {self.detail}")
+        if exception is not None:
+            self.__cause__ = exception
+
+
+class Crash(SwitchyardError):
+    """Raise from a handler to crash the actor on purpose (its supervisor decides what next).
+
+    Any other exception from ``handle`` is reported to the caller and the actor goes on.
+    """
+
+
+class SupervisorEscalation(SwitchyardError):
+    """A supervisor exceeded its restart intensity and gave up; its parent sees this."""
+
+    def __init__(self, supervisor: str, child: str, restarts: int, within: float) -> None:
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: child {child!r} failed more than "
+            f"{restarts} times within {within:g} s"
+        )
+        self.supervisor = supervisor
+        self.child = child
+
+
+class ConfigError(SwitchyardError):
+    """A configuration value is missing, unknown or of the wrong type."""

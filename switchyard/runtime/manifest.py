@@ -1,0 +1,252 @@
+"""App manifests: TOML files naming the actors of an app, their config and supervision.
+
+::
+
+    [app]
+    name = "aipara"
+    grace_period = 5.0            # seconds in-flight work gets on shutdown
+
+    [supervisor]                  # the root supervisor (optional)
+    strategy = "one_for_one"      # one_for_one | one_for_all | rest_for_one
+    max_restarts = 5
+    within = 10.0
+
+    [[supervisors]]               # nested supervisors (optional)
+    name = "backends"
+    strategy = "one_for_all"
+    parent = "aipara"             # default: the root
+
+    [[actor]]
+    name = "rime_state"
+    kind = "rime_state"           # a short name (`switchyard kinds`) or "module:Class"
+    restart = "permanent"         # permanent | transient | temporary
+    mailbox_capacity = 128        # optional; the actor class has a default
+    supervisor = "backends"       # optional; default: the root
+    [actor.config]                # validated into the actor's Config class
+    endpoint = "tcp://127.0.0.1:10086"
+
+Every problem becomes one :class:`ConfigError` line naming the file, the actor and
+the key. :func:`run_app` starts a loaded manifest inside a system.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from switchyard.runtime.actor import Actor
+from switchyard.runtime.config import build_config
+from switchyard.runtime.errors import ConfigError
+from switchyard.runtime.kinds import resolve_kind
+from switchyard.runtime.supervisor import Restart, Strategy, parse_enum
+from switchyard.runtime.system import System, open_system
+
+DEFAULT_APP = "default.toml"
+
+
+@attrs.frozen
+class _AppTable:
+    name: str
+    grace_period: float = 5.0
+    description: str = ""
+
+
+@attrs.frozen
+class _SupervisorTable:
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    within: float = 5.0
+
+
+@attrs.frozen
+class _NestedSupervisorTable:
+    name: str
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    within: float = 5.0
+    restart: str = "permanent"
+    parent: str | None = None
+
+
+@attrs.frozen
+class _ActorTable:
+    name: str
+    kind: str
+    restart: str = "permanent"
+    mailbox_capacity: int | None = None
+    supervisor: str | None = None
+    config: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class _ManifestTable:
+    app: _AppTable
+    supervisor: _SupervisorTable = attrs.Factory(_SupervisorTable)
+    supervisors: list[_NestedSupervisorTable] = attrs.Factory(list)
+
+
+@attrs.frozen
+class SupervisorSpec:
+    name: str
+    strategy: Strategy
+    max_restarts: int
+    within: float
+    restart: Restart = Restart.PERMANENT
+    parent: str | None = None
+
+
+@attrs.frozen
+class ActorSpec:
+    name: str
+    kind: str
+    actor_class: type[Actor]
+    config: Any
+    restart: Restart
+    mailbox_capacity: int | None
+    supervisor: str | None
+
+
+@attrs.frozen
+class AppSpec:
+    """A validated manifest: everything needed to start the app, nothing started yet."""
+
+    name: str
+    source: str
+    grace_period: float
+    root: SupervisorSpec
+    supervisors: tuple[SupervisorSpec, ...]
+    actors: tuple[ActorSpec, ...]
+
+
+def default_manifest_path() -> Path:
+    """The built-in default app shipped inside the package."""
+    return Path(str(resources.files("switchyard.apps").joinpath(DEFAULT_APP)))
+
+
+def load_manifest(path: str | Path) -> AppSpec:
+    """Read and validate the manifest at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read manifest: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: manifest is not UTF-8 text") from None
+    return parse_manifest(text, source=str(path))
+
+
+def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
+    """Validate manifest ``text``; ``source`` names it in error messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if "app" not in raw:
+        raise ConfigError(f"{source}: missing required table [app]")
+    raw_actors = raw.pop("actor", [])
+    if not isinstance(raw_actors, list):
+        raise ConfigError(f"{source}: [[actor]] must be an array of tables")
+    table = build_config(_ManifestTable, raw, where=source)
+    actor_tables = []
+    for index, raw_actor in enumerate(raw_actors):
+        label = raw_actor.get("name", f"#{index + 1}") if isinstance(raw_actor, dict) else f"#{index + 1}"
+        actor_tables.append(build_config(_ActorTable, raw_actor, where=f"{source}: actor {label!r}"))
+    root = SupervisorSpec(
+        name=table.app.name,
+        strategy=parse_enum(Strategy, table.supervisor.strategy, f"{source}: [supervisor] strategy"),
+        max_restarts=table.supervisor.max_restarts,
+        within=table.supervisor.within,
+    )
+    names: set[str] = {root.name}
+    nested = []
+    for sup in table.supervisors:
+        where = f"{source}: supervisor {sup.name!r}"
+        if sup.name in names:
+            raise ConfigError(f"{where}: name is used twice")
+        if sup.parent is not None and sup.parent not in names:
+            raise ConfigError(f"{where}: parent {sup.parent!r} is not a supervisor defined above it")
+        names.add(sup.name)
+        nested.append(
+            SupervisorSpec(
+                name=sup.name,
+                strategy=parse_enum(Strategy, sup.strategy, f"{where}: strategy"),
+                max_restarts=sup.max_restarts,
+                within=sup.within,
+                restart=parse_enum(Restart, sup.restart, f"{where}: restart"),
+                parent=sup.parent,
+            )
+        )
+    actors = []
+    for entry in actor_tables:
+        where = f"{source}: actor {entry.name!r}"
+        if entry.name in names:
+            raise ConfigError(f"{where}: name is used twice")
+        if entry.supervisor is not None and entry.supervisor not in {s.name for s in nested} | {root.name}:
+            raise ConfigError(f"{where}: supervisor {entry.supervisor!r} is not defined in [[supervisors]]")
+        if entry.mailbox_capacity is not None and entry.mailbox_capacity < 1:
+            raise ConfigError(f"{where}: key 'mailbox_capacity' must be >= 1")
+        names.add(entry.name)
+        try:
+            actor_class = resolve_kind(entry.kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        actors.append(
+            ActorSpec(
+                name=entry.name,
+                kind=entry.kind,
+                actor_class=actor_class,
+                config=build_config(actor_class.Config, entry.config, where=f"{where} [config]"),
+                restart=parse_enum(Restart, entry.restart, f"{where}: restart"),
+                mailbox_capacity=entry.mailbox_capacity,
+                supervisor=entry.supervisor,
+            )
+        )
+    return AppSpec(
+        name=table.app.name,
+        source=source,
+        grace_period=table.app.grace_period,
+        root=root,
+        supervisors=tuple(nested),
+        actors=tuple(actors),
+    )
+
+
+async def start_app(system: System, app: AppSpec) -> None:
+    """Start ``app``'s supervisors and actors in manifest order inside ``system``.
+
+    Returns once every actor is ready; raises the first start failure.
+    """
+    for sup in app.supervisors:
+        await system.spawn_supervisor(
+            sup.name,
+            strategy=sup.strategy,
+            max_restarts=sup.max_restarts,
+            within=sup.within,
+            restart=sup.restart,
+            supervisor=sup.parent,
+        )
+    for actor in app.actors:
+        supervisor = None if actor.supervisor in (None, app.root.name) else actor.supervisor
+        await system.spawn(
+            actor.actor_class,
+            name=actor.name,
+            config=actor.config,
+            restart=actor.restart,
+            mailbox_capacity=actor.mailbox_capacity,
+            supervisor=supervisor,
+        )
+
+
+def open_app(app: AppSpec, *, grace_period: float | None = None):  # type: ignore[no-untyped-def]
+    """``open_system`` configured from ``app`` (root policy and grace period)."""
+    return open_system(
+        app.name,
+        strategy=app.root.strategy,
+        max_restarts=app.root.max_restarts,
+        within=app.root.within,
+        grace_period=app.grace_period if grace_period is None else grace_period,
+    )

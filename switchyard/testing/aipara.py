@@ -1,0 +1,215 @@
+"""Hypothesis strategies and client settings for testing against the aipara peers.
+
+Strategies produce what the Rime plugin puts on the wire (as dicts; encode with
+``json_codec``) and what it must survive: ``rime_request_dicts()``,
+``ai_request_dicts()``, ``outbox_commands()``, ``hostile_bodies()``.
+
+``CPP_CLIENT_OPTIONS`` / ``configure_like_cpp_client`` set a pyzmq socket up exactly
+like the C++ client (PEERS.md section 1), so tests talk to the server the way the IME does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+from hypothesis import strategies as st
+
+from switchyard.protocols.aipara import (
+    ClipboardData,
+    OutboxCommand,
+    PasteExecuted,
+    PasteFailed,
+    Ping,
+    SetConfig,
+    SetOption,
+    SetProperty,
+)
+from switchyard.protocols.codec import json_codec
+
+__all__ = [
+    "RIME_TIMEOUT_MS",
+    "AI_TIMEOUT_MS",
+    "CPP_CLIENT_OPTIONS",
+    "configure_like_cpp_client",
+    "json_values",
+    "switch_dicts",
+    "state_dicts",
+    "commit_dicts",
+    "command_dicts",
+    "rime_request_dicts",
+    "convert_dicts",
+    "chat_dicts",
+    "ai_request_dicts",
+    "outbox_commands",
+    "hostile_bodies",
+]
+
+RIME_TIMEOUT_MS = 100
+AI_TIMEOUT_MS = 5000
+
+# The C++ client's socket options (cppzmq): LINGER 0, reconnect 1 s..5 s, TCP keepalive
+# on (idle 30 s, count 3, interval 10 s), high-water marks 100.
+CPP_CLIENT_OPTIONS: dict[int, int] = {
+    zmq.LINGER: 0,
+    zmq.RECONNECT_IVL: 1000,
+    zmq.RECONNECT_IVL_MAX: 5000,
+    zmq.TCP_KEEPALIVE: 1,
+    zmq.TCP_KEEPALIVE_IDLE: 30,
+    zmq.TCP_KEEPALIVE_CNT: 3,
+    zmq.TCP_KEEPALIVE_INTVL: 10,
+    zmq.SNDHWM: 100,
+    zmq.RCVHWM: 100,
+}
+
+
+def configure_like_cpp_client(sock: zmq.Socket, *, timeout_ms: int) -> zmq.Socket:
+    """Apply the C++ client's options plus RCVTIMEO/SNDTIMEO = ``timeout_ms`` (100 for the
+    Rime REQ socket, 5000 for the AI DEALER socket). Returns ``sock``."""
+    for option, value in CPP_CLIENT_OPTIONS.items():
+        sock.setsockopt(option, value)
+    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    return sock
+
+
+_text = st.text(max_size=40)
+_name = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
+_hanzi = st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), max_size=12)
+_timestamps = st.integers(min_value=0, max_value=2**53)
+
+
+def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
+    """Arbitrary JSON values (finite floats only)."""
+    scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | _text
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+        max_leaves=max_leaves,
+    )
+
+
+def switch_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(
+        lambda name, state: {"name": name, "type": "simple", "state": state, "state_index": int(state)},
+        _name,
+        st.booleans(),
+    )
+
+
+def _properties() -> st.SearchStrategy[Any]:
+    as_object = st.dictionaries(_name, _text, max_size=4)
+    as_list = st.lists(
+        st.builds(lambda n, v: {"name": n, "type": "string", "value": v}, _name, _text), max_size=4
+    )
+    return as_object | as_list
+
+
+def _embedded_command() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"messege_type": st.just("command"), "command": _name, "timestamp": _timestamps, "client_id": st.just("lua_tcp_client")},
+        optional={"command_value": _text},
+    )
+
+
+def state_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    """``state`` requests as the C++/Lua client builds them."""
+    return st.fixed_dictionaries(
+        {
+            "messege_type": st.just("state"),
+            "is_composing": st.booleans(),
+            "timestamp": _timestamps,
+            "switches_option": st.lists(switch_dicts(), max_size=4),
+            "properties": _properties(),
+        },
+        optional={"command_message": _embedded_command()},
+    )
+
+
+def commit_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    """``commit`` requests: a state plus what was committed."""
+    return st.builds(
+        lambda base, app, pinyin, text: {**base, "messege_type": "commit", "current_app": app, "commit_pinyin": pinyin, "commit_text": text},
+        state_dicts(),
+        _text,
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", max_size=24),
+        _hanzi,
+    )
+
+
+def command_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    """Top-level ``command`` requests (e.g. ``paste``)."""
+    return st.fixed_dictionaries(
+        {"messege_type": st.just("command"), "command": st.sampled_from(["paste"]) | _name, "timestamp": _timestamps, "client_id": st.just("lua_tcp_client")}
+    )
+
+
+def rime_request_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    """Any well-formed Rime-channel request, including the client's pong."""
+    return state_dicts() | commit_dicts() | command_dicts() | st.just({"response": "pong"})
+
+
+def convert_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "messege_type": st.just("convert"),
+            "schema_name": _text,
+            "shuru_schema": _text,
+            "confirmed_pos_input": st.text(alphabet="abcdefghijklmnopqrstuvwxyz", max_size=24),
+            "stream_mode": st.just(True),
+            "timestamp": _timestamps,
+            "timeout": st.floats(min_value=0, max_value=10),
+        },
+        optional={"candidates_text": st.lists(_hanzi, max_size=3)},
+    )
+
+
+def chat_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"messege_type": st.just("chat"), "commit_text": _text, "assistant_id": _name, "timestamp": _timestamps},
+        optional={"response_key": _name},
+    )
+
+
+def ai_request_dicts() -> st.SearchStrategy[dict[str, Any]]:
+    return convert_dicts() | chat_dicts()
+
+
+def outbox_commands() -> st.SearchStrategy[OutboxCommand]:
+    """Every kind of command another actor may queue for a client."""
+    return st.one_of(
+        st.builds(SetOption, option_name=_name, option_value=st.booleans()),
+        st.builds(SetProperty, property_name=_name, property_value=_text),
+        st.builds(SetConfig, config_path=_name, config_value=json_values(4)),
+        st.builds(ClipboardData, text=_text, success=st.booleans(), error=st.none() | _text),
+        st.just(PasteExecuted()),
+        st.builds(PasteFailed, error=_text),
+        st.just(Ping()),
+    )
+
+
+def _mutated(valid: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]:
+    """Valid requests with one field replaced by a value of an arbitrary type."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        obj = draw(valid)
+        key = draw(st.sampled_from(sorted(obj)))
+        obj[key] = draw(json_values(3))
+        return json_codec.encode(obj)
+
+    return build()
+
+
+def hostile_bodies() -> st.SearchStrategy[bytes]:
+    """What a broken or hostile peer may send: arbitrary bytes, truncated or non-object
+    JSON, unknown kinds, well-formed requests with mistyped fields, and good requests."""
+    good = (rime_request_dicts() | ai_request_dicts()).map(json_codec.encode)
+    return st.one_of(
+        st.binary(max_size=200),
+        json_values().map(json_codec.encode),
+        good.map(lambda b: b[: max(0, len(b) // 2)]),
+        st.builds(lambda k: json_codec.encode({"messege_type": k}), json_values(2)),
+        _mutated(rime_request_dicts() | ai_request_dicts()),
+        good,
+    )

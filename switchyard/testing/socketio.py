@@ -1,0 +1,95 @@
+"""Hypothesis strategies for Engine.IO 4 and Socket.IO 5 packets.
+
+``json_values(binary=True)`` adds ``bytes`` leaves, which Socket.IO carries as binary
+attachments. Generated objects never use the ``_placeholder`` key (a real payload
+holding it next to binary attachments would be read as a placeholder by every
+Socket.IO implementation) and strings hold no lone surrogates (the wire is UTF-8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from switchyard.protocols import engineio, socketio
+
+__all__ = [
+    "json_text",
+    "json_values",
+    "engineio_packets",
+    "engineio_frames",
+    "socketio_namespaces",
+    "socketio_packets",
+    "socketio_event_names",
+]
+
+json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+
+_SAFE_INT = st.integers(min_value=-(2**53), max_value=2**53)
+_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def json_values(*, binary: bool = False, max_leaves: int = 20) -> st.SearchStrategy[Any]:
+    """JSON-representable values (optionally with ``bytes`` leaves)."""
+    leaves: list[st.SearchStrategy[Any]] = [st.none(), st.booleans(), _SAFE_INT, _FLOATS, json_text]
+    if binary:
+        leaves.append(st.binary(max_size=64))
+    keys = json_text.filter(lambda k: k != "_placeholder")
+    return st.recursive(
+        st.one_of(leaves),
+        lambda children: st.one_of(
+            st.lists(children, max_size=5),
+            st.dictionaries(keys, children, max_size=5),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+@st.composite
+def engineio_packets(draw: st.DrawFn) -> engineio.Packet:
+    """Any Engine.IO packet: text data for every type, or bytes for MESSAGE."""
+    kind = draw(st.sampled_from(list(engineio.PacketType)))
+    if kind is engineio.PacketType.MESSAGE and draw(st.booleans()):
+        return engineio.Packet(kind, draw(st.binary(max_size=256)))
+    return engineio.Packet(kind, draw(json_text))
+
+
+def engineio_frames() -> st.SearchStrategy[str | bytes]:
+    """Arbitrary WebSocket frames, well-formed or not."""
+    return st.one_of(st.text(max_size=80), st.binary(max_size=80),
+                     engineio_packets().map(engineio.encode_packet))
+
+
+socketio_namespaces = st.one_of(
+    st.just(socketio.DEFAULT_NAMESPACE),
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters=",?"), max_size=12).map(
+        lambda s: "/" + s
+    ),
+)
+
+socketio_event_names = json_text.filter(lambda name: name not in socketio.RESERVED_EVENTS)
+
+_ids = st.one_of(st.none(), st.integers(min_value=0, max_value=10**15 - 1))
+
+
+@st.composite
+def socketio_packets(draw: st.DrawFn, *, binary: bool = True) -> socketio.Packet:
+    """Any valid Socket.IO packet, binary attachments included when ``binary``."""
+    kind = draw(st.sampled_from([t for t in socketio.PacketType if t < socketio.PacketType.BINARY_EVENT]))
+    nsp = draw(socketio_namespaces)
+    values = json_values(binary=binary)
+    T = socketio.PacketType
+    if kind is T.CONNECT:
+        data = draw(st.one_of(st.none(), st.dictionaries(json_text, json_values(), max_size=4)))
+        return socketio.Packet(kind, nsp, data)
+    if kind is T.DISCONNECT:
+        return socketio.Packet(kind, nsp)
+    if kind is T.CONNECT_ERROR:
+        data = draw(st.one_of(json_text, st.fixed_dictionaries({"message": json_text}, optional={"data": json_values()})))
+        return socketio.Packet(kind, nsp, data)
+    if kind is T.EVENT:
+        data = [draw(socketio_event_names), *draw(st.lists(values, max_size=4))]
+        return socketio.Packet(kind, nsp, data, draw(_ids))
+    data = draw(st.lists(values, max_size=4))
+    return socketio.Packet(T.ACK, nsp, data, draw(st.integers(min_value=0, max_value=10**15 - 1)))

@@ -1,0 +1,1 @@
+"""Transports: bridges between sockets (ZeroMQ, Unix/TCP, WebSocket, files) and mailboxes."""

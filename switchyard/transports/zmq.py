@@ -1,0 +1,290 @@
+"""Trio-native ZeroMQ sockets.
+
+:func:`open_socket` gives a :class:`ZmqSocket` owned by ``async with``; any number of
+Trio tasks may send and receive on it at once. Sends are serialised per socket and
+so are receives, so multipart messages never interleave.
+
+Why our own adapter: pyzmq's ``zmq.FD`` is *edge-triggered*, and every ``send``,
+``recv`` or read of ``zmq.EVENTS`` may consume the edge. So:
+
+* an operation is always first tried with ``NOBLOCK``; only on ``EAGAIN`` does a
+  task wait;
+* one task at a time (the *fd waiter*) waits on the file descriptor with
+  ``trio.lowlevel.wait_readable``; a task needing the other direction parks on an
+  event keyed by the flag it needs (``POLLIN``/``POLLOUT``);
+* any operation or ``EVENTS`` read by another task *pokes* the fd waiter (cancels
+  its wait), because that read may have consumed the edge it was waiting for; the
+  fd waiter then re-reads ``EVENTS``, wakes only parked tasks whose flag is now set
+  (no livelock), and goes back to waiting if its own is not;
+* when the fd waiter leaves, every parked task is woken so one takes its place.
+
+Closing calls ``trio.lowlevel.notify_closing`` so waiters get
+``ClosedResourceError`` instead of hanging.
+
+zmq-anyio (PyPI) solves the same problem through AnyIO with a poller thread per
+socket; ``bench/bench_core.py`` measures it against this adapter in the same run
+(see bench/RESULTS.md), and this adapter was kept because it needs no thread, no
+extra dependency in the hot path, and measured faster on request/reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import zmq
+
+__all__ = ["SocketOptions", "ZmqSocket", "open_socket", "default_context", "SOCKET_TYPES"]
+
+log = logging.getLogger("switchyard.transports.zmq")
+
+SOCKET_TYPES = {
+    "REQ": zmq.REQ, "REP": zmq.REP, "DEALER": zmq.DEALER, "ROUTER": zmq.ROUTER,
+    "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL,
+    "XPUB": zmq.XPUB, "XSUB": zmq.XSUB, "PAIR": zmq.PAIR,
+}
+
+Frame = bytes | bytearray | memoryview | zmq.Frame
+
+
+@attrs.frozen
+class SocketOptions:
+    """Socket options applied before bind/connect.
+
+    ``max_message_size`` is libzmq's ``MAXMSGSIZE``: a peer sending a bigger message is
+    *disconnected* by libzmq without any reply, so bridges keep it well above their
+    own per-message limit (which does answer). ``extra`` sets any other option by its
+    zmq name, e.g. ``{"CURVE_SERVER": 1}``.
+    """
+
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
+    linger_ms: int = 0
+    max_message_size: int = -1
+    router_mandatory: bool = False
+    identity: bytes | None = None
+    subscribe: tuple[bytes, ...] = ()
+    immediate: bool = False
+    reconnect_ivl_ms: int | None = None
+    reconnect_ivl_max_ms: int | None = None
+    tcp_keepalive: bool = False
+    extra: dict[str, Any] = attrs.Factory(dict)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.LINGER, self.linger_ms)
+        if self.max_message_size >= 0:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        if self.router_mandatory and sock.socket_type == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self.identity is not None:
+            sock.setsockopt(zmq.IDENTITY, self.identity)
+        if self.immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self.reconnect_ivl_ms is not None:
+            sock.setsockopt(zmq.RECONNECT_IVL, self.reconnect_ivl_ms)
+        if self.reconnect_ivl_max_ms is not None:
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.reconnect_ivl_max_ms)
+        if self.tcp_keepalive:
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        for name, value in self.extra.items():
+            option = getattr(zmq, name.upper(), None)
+            if not isinstance(option, int):
+                raise ValueError(f"unknown ZeroMQ socket option {name!r}")
+            sock.set(option, value)
+        if sock.socket_type == zmq.SUB:
+            for topic in self.subscribe:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+
+
+def default_context() -> zmq.Context:
+    """The process-wide ZeroMQ context (one per process is the ZeroMQ norm)."""
+    return zmq.Context.instance()
+
+
+class ZmqSocket:
+    """A pyzmq socket driven by Trio. Create with :func:`open_socket`."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.socket = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self._fd_waiting = False
+        self._fd_scope: trio.CancelScope | None = None
+        self._parked: dict[int, trio.Event] = {}
+        self._closed = False
+        #: Endpoints bound so far, resolved (``tcp://127.0.0.1:*`` shows its port).
+        self.endpoints: list[str] = []
+
+    # -- public operations ------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def bind(self, endpoint: str) -> str:
+        """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets its port)."""
+        self.socket.bind(endpoint)
+        resolved = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints.append(resolved)
+        return resolved
+
+    def connect(self, endpoint: str) -> None:
+        self.socket.connect(endpoint)
+
+    async def send(self, data: Frame, *, copy: bool = False) -> None:
+        """Send one single-frame message."""
+        await self.send_multipart((data,), copy=copy)
+
+    async def send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> None:
+        """Send ``frames`` as one message; waits while the socket is at its HWM."""
+        async with self._send_lock:
+            while True:
+                self._check_open()
+                try:
+                    self.socket.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+                except zmq.Again:
+                    self._poke()
+                    await self._wait_for(zmq.POLLOUT)
+                    continue
+                except zmq.ZMQError as exc:
+                    self._poke()
+                    if exc.errno == zmq.ENOTSOCK:
+                        raise trio.ClosedResourceError("socket closed") from exc
+                    raise
+                self._poke()
+                return
+
+    async def recv(self) -> bytes:
+        """Receive a single-frame message as bytes (extra frames are an error)."""
+        frames = await self.recv_multipart(copy=True)
+        if len(frames) != 1:
+            raise ValueError(f"expected a single-frame message, got {len(frames)} frames")
+        return frames[0]
+
+    async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
+        """Receive one whole message: ``bytes`` frames, or ``zmq.Frame`` with ``copy=False``."""
+        async with self._recv_lock:
+            while True:
+                self._check_open()
+                try:
+                    frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=copy)
+                except zmq.Again:
+                    self._poke()
+                    await self._wait_for(zmq.POLLIN)
+                    continue
+                except zmq.ZMQError as exc:
+                    self._poke()
+                    if exc.errno == zmq.ENOTSOCK:
+                        raise trio.ClosedResourceError("socket closed") from exc
+                    raise
+                self._poke()
+                return frames
+
+    async def aclose(self) -> None:
+        """Close the socket (LINGER applies); waiters get ``ClosedResourceError``."""
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        for event in self._parked.values():
+            event.set()
+        self._parked.clear()
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+    # -- readiness machinery ------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket closed")
+
+    def _poke(self) -> None:
+        scope = self._fd_scope
+        if scope is not None:
+            scope.cancel()
+
+    async def _wait_for(self, flag: int) -> None:
+        while True:
+            self._check_open()
+            if self.socket.getsockopt(zmq.EVENTS) & flag:
+                return
+            if self._fd_waiting:
+                self._poke()  # our EVENTS read may have eaten the fd waiter's edge
+                event = trio.Event()
+                self._parked[flag] = event
+                try:
+                    await event.wait()
+                finally:
+                    if self._parked.get(flag) is event:
+                        del self._parked[flag]
+                continue
+            await self._wait_on_fd(flag)
+            return
+
+    async def _wait_on_fd(self, flag: int) -> None:
+        self._fd_waiting = True
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self._fd_scope = scope
+                    await trio.lowlevel.wait_readable(self._fd)
+                self._fd_scope = None
+                self._check_open()
+                events = self.socket.getsockopt(zmq.EVENTS)
+                for parked_flag in [f for f in self._parked if events & f]:
+                    self._parked.pop(parked_flag).set()
+                if events & flag:
+                    return
+        finally:
+            self._fd_scope = None
+            self._fd_waiting = False
+            for event in self._parked.values():
+                event.set()  # hand the fd over: one of them becomes the fd waiter
+            self._parked.clear()
+
+
+@asynccontextmanager
+async def open_socket(
+    socket_type: int | str,
+    *,
+    bind: str | Iterable[str] | None = None,
+    connect: str | Iterable[str] | None = None,
+    options: SocketOptions | None = None,
+    context: zmq.Context | None = None,
+) -> AsyncIterator[ZmqSocket]:
+    """A :class:`ZmqSocket` of ``socket_type`` (``zmq.ROUTER`` or ``"ROUTER"``), closed on exit.
+
+    Options apply before any bind/connect. ``zs.endpoints`` lists the resolved bound
+    endpoints (useful with ``tcp://127.0.0.1:*``).
+    """
+    if isinstance(socket_type, str):
+        try:
+            socket_type = SOCKET_TYPES[socket_type.upper()]
+        except KeyError:
+            raise ValueError(f"unknown ZeroMQ socket type {socket_type!r}") from None
+    ctx = context if context is not None else default_context()
+    raw = ctx.socket(socket_type)
+    zs = ZmqSocket(raw)
+    try:
+        (options or SocketOptions()).apply(raw)
+        for ep in _as_list(bind):
+            zs.bind(ep)
+        for ep in _as_list(connect):
+            zs.connect(ep)
+        yield zs
+    finally:
+        with trio.CancelScope(shield=True):
+            await zs.aclose()
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)

@@ -1,0 +1,336 @@
+"""The generic ZeroMQ servers every service reuses.
+
+:class:`ReqRepServer` serves REQ clients from a ROUTER socket: each request is
+handled in its own task, so many REQ clients are served at once and one slow
+request holds up no other. Every request gets exactly one reply, even when the
+handler raises, times out or the request is too large (a REQ client without a reply
+is stuck until it reconnects): ``error_reply`` builds that reply in the peer's
+format.
+
+:class:`RouterStreamServer` serves DEALER clients from a ROUTER socket: a handler
+may send any number of replies to the requesting identity, and with
+``supersede=True`` a new request from an identity cancels that identity's running
+handler at once, so the old stream sends nothing more. ``ROUTER_MANDATORY`` is on,
+so a send to a vanished peer raises :class:`PeerGone` instead of vanishing.
+
+Both are used the same way from an actor::
+
+    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:10086"), handler, error_reply=...)
+    await self.nursery.start(server.serve)     # returns once bound
+    ...
+    await server.drain()                       # in on_stop: stop receiving, finish in-flight
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+import zmq
+
+from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
+
+__all__ = [
+    "EndpointConfig",
+    "MessageTooLarge",
+    "MalformedEnvelope",
+    "PeerGone",
+    "ReqRepServer",
+    "RouterStreamServer",
+    "HandlerTimeout",
+]
+
+
+@attrs.frozen
+class EndpointConfig:
+    """Per-endpoint limits. Embed it in an actor's Config as a nested table.
+
+    ``max_message_size`` (bytes) is checked by the bridge, which answers an oversized
+    request with an error reply; libzmq's own hard limit (``MAXMSGSIZE``, which
+    disconnects silently) is set to ``hard_limit_factor`` times it as a last defence.
+    ``request_timeout`` (seconds, 0 = none) bounds each handler.
+    """
+
+    endpoint: str
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
+    linger_ms: int = 0
+    max_message_size: int = 1 << 20
+    hard_limit_factor: int = 4
+    request_timeout: float = 0.0
+    max_concurrent: int = 1024
+    socket_extra: dict[str, Any] = attrs.Factory(dict)
+
+    def socket_options(self, **overrides: Any) -> SocketOptions:
+        hard = self.max_message_size * self.hard_limit_factor if self.max_message_size > 0 else -1
+        fields: dict[str, Any] = dict(
+            sndhwm=self.sndhwm, rcvhwm=self.rcvhwm, linger_ms=self.linger_ms, max_message_size=hard,
+            extra=dict(self.socket_extra),
+        )
+        fields.update(overrides)
+        return SocketOptions(**fields)
+
+
+class MessageTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class MalformedEnvelope(ValueError):
+    """A ROUTER message without the routing envelope the server expects."""
+
+
+class HandlerTimeout(TimeoutError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"request not handled within {seconds:g} s")
+
+
+class PeerGone(ConnectionError):
+    """The peer identity is no longer connected (ROUTER_MANDATORY said EHOSTUNREACH)."""
+
+
+ReqHandler = Callable[[Any], Awaitable[Frame | Sequence[Frame]]]
+ErrorReply = Callable[[BaseException, Any], Frame | Sequence[Frame]]
+Send = Callable[[Frame | Sequence[Frame]], Awaitable[None]]
+StreamHandler = Callable[[bytes, Any, Send], Awaitable[None]]
+
+
+def _as_frames(reply: Frame | Sequence[Frame]) -> list[Frame]:
+    if isinstance(reply, bytes | bytearray | memoryview | zmq.Frame):
+        return [reply]
+    return list(reply)
+
+
+def _size(frames: Sequence[Any]) -> int:
+    return sum(len(f.buffer) if isinstance(f, zmq.Frame) else len(f) for f in frames)
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
+
+
+class _RouterServer:
+    """What both servers share: the socket, limits, in-flight tasks, drain."""
+
+    def __init__(self, config: EndpointConfig | str, *, name: str, logger: logging.Logger | None) -> None:
+        self.config = config if isinstance(config, EndpointConfig) else EndpointConfig(config)
+        self.name = name
+        self.log = logger or logging.getLogger(f"switchyard.transports.{name}")
+        self.endpoint: str | None = None
+        self._socket: ZmqSocket | None = None
+        self._receiving: trio.CancelScope | None = None
+        self._finished = trio.Event()
+        self._limiter = trio.CapacityLimiter(self.config.max_concurrent)
+        self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report the resolved endpoint via ``task_status``, serve until drained."""
+        options = self.config.socket_options(router_mandatory=True)
+        try:
+            async with open_socket(zmq.ROUTER, bind=self.config.endpoint, options=options) as sock:
+                self._socket = sock
+                self.endpoint = sock.endpoints[0]
+                async with trio.open_nursery() as in_flight:
+                    task_status.started(self.endpoint)
+                    with trio.CancelScope() as self._receiving:
+                        while True:
+                            frames = await sock.recv_multipart(copy=False)
+                            token = object()
+                            await self._limiter.acquire_on_behalf_of(token)
+                            in_flight.start_soon(self._guarded, frames, token)
+        finally:
+            self._socket = None
+            self._finished.set()
+
+    async def drain(self) -> None:
+        """Stop receiving; return once every in-flight request has been answered."""
+        if self._receiving is not None:
+            self._receiving.cancel()
+        await self._finished.wait()
+
+    async def _guarded(self, frames: list[Any], token: object) -> None:
+        try:
+            await self._dispatch(frames)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+
+    async def _dispatch(self, frames: list[Any]) -> None:
+        raise NotImplementedError
+
+    async def _send(self, frames: list[Frame]) -> None:
+        sock = self._socket
+        if sock is None:
+            raise trio.ClosedResourceError("server is not running")
+        try:
+            await sock.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise PeerGone("peer is no longer connected") from None
+            raise
+
+    def _check_size(self, body: Sequence[Any]) -> None:
+        limit = self.config.max_message_size
+        if limit > 0:
+            size = _size(body)
+            if size > limit:
+                self.stats["too_large"] += 1
+                raise MessageTooLarge(size, limit)
+
+
+class ReqRepServer(_RouterServer):
+    """ROUTER serving REQ clients concurrently; every request gets exactly one reply.
+
+    ``handler(body)`` gets the request body as ``bytes`` (or, with
+    ``multipart=True``, the list of body frames as ``zmq.Frame``, zero-copy) and
+    returns the reply: bytes-like, or a sequence of frames. ``error_reply(exc,
+    body)`` turns any failure (handler exception, :class:`HandlerTimeout`,
+    :class:`MessageTooLarge`, a multi-frame request on a single-frame server) into
+    the reply the peer understands; it must not raise.
+    """
+
+    def __init__(
+        self,
+        config: EndpointConfig | str,
+        handler: ReqHandler,
+        *,
+        error_reply: ErrorReply,
+        multipart: bool = False,
+        name: str = "reqrep",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(config, name=name, logger=logger)
+        self.handler = handler
+        self.error_reply = error_reply
+        self.multipart = multipart
+
+    async def _dispatch(self, frames: list[Any]) -> None:
+        try:
+            split = next(i for i, f in enumerate(frames) if len(f.buffer) == 0)
+        except StopIteration:
+            self.stats["malformed"] += 1
+            self.log.warning("dropped a message without a REQ envelope (%d frames)", len(frames))
+            return
+        envelope = frames[: split + 1]
+        body_frames = frames[split + 1 :]
+        self.stats["requests"] += 1
+        body: Any = body_frames
+        try:
+            self._check_size(body_frames)
+            if not self.multipart:
+                if len(body_frames) != 1:
+                    raise MalformedEnvelope(f"expected a one-frame request, got {len(body_frames)} frames")
+                body = _bytes(body_frames[0])
+            timeout = self.config.request_timeout
+            if timeout > 0:
+                with trio.fail_after(timeout):
+                    reply = await self.handler(body)
+            else:
+                reply = await self.handler(body)
+        except Exception as exc:
+            if isinstance(exc, trio.TooSlowError):
+                exc = HandlerTimeout(self.config.request_timeout)
+            self.stats["errors"] += 1
+            self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            try:
+                reply = self.error_reply(exc, body)
+            except Exception as inner:  # the client must still get a reply
+                self.log.error("error_reply raised %r; sending a plain-text error", inner)
+                reply = f"error: {type(exc).__name__}: {exc}".encode()
+        try:
+            await self._send([*envelope, *_as_frames(reply)])
+        except PeerGone:
+            self.log.info("client left before its reply was sent")
+
+
+class RouterStreamServer(_RouterServer):
+    """ROUTER serving DEALER clients; a handler may stream many replies to one identity.
+
+    ``handler(identity, body, send)``: ``body`` is the request's bytes (or its list of
+    frames with ``multipart=True``); ``await send(reply)`` sends one reply message to
+    that identity (raises :class:`PeerGone` if it left). With ``supersede=True`` a new
+    request from the same identity cancels the running handler first. A handler
+    exception is logged and, if ``error_reply`` is given, answered with it.
+    Requests from DEALERs that add an empty delimiter frame get it back on replies.
+    """
+
+    def __init__(
+        self,
+        config: EndpointConfig | str,
+        handler: StreamHandler,
+        *,
+        supersede: bool = True,
+        error_reply: ErrorReply | None = None,
+        multipart: bool = False,
+        name: str = "router-stream",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(config, name=name, logger=logger)
+        self.handler = handler
+        self.supersede = supersede
+        self.error_reply = error_reply
+        self.multipart = multipart
+        self._running: dict[bytes, trio.CancelScope] = {}
+
+    def cancel(self, identity: bytes) -> bool:
+        """Cancel the identity's running handler, if any; True if there was one."""
+        scope = self._running.get(identity)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    async def _dispatch(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            self.stats["malformed"] += 1
+            self.log.warning("dropped a message with no body frame")
+            return
+        identity = _bytes(frames[0])
+        rest = frames[1:]
+        prefix: list[Frame] = [identity]
+        if len(rest) > 1 and len(rest[0].buffer) == 0:
+            prefix.append(b"")
+            rest = rest[1:]
+        self.stats["requests"] += 1
+        if self.supersede:
+            self.cancel(identity)
+        scope = trio.CancelScope()
+        if self.supersede:
+            self._running[identity] = scope
+
+        async def send(reply: Frame | Sequence[Frame]) -> None:
+            await self._send([*prefix, *_as_frames(reply)])
+
+        body: Any = rest
+        try:
+            with scope:
+                self._check_size(rest)
+                if not self.multipart:
+                    if len(rest) != 1:
+                        raise MalformedEnvelope(f"expected a one-frame request, got {len(rest)} frames")
+                    body = _bytes(rest[0])
+                timeout = self.config.request_timeout
+                if timeout > 0:
+                    with trio.fail_after(timeout):
+                        await self.handler(identity, body, send)
+                else:
+                    await self.handler(identity, body, send)
+        except PeerGone:
+            self.log.info("client left mid-stream")
+        except Exception as exc:
+            if isinstance(exc, trio.TooSlowError):
+                exc = HandlerTimeout(self.config.request_timeout)
+            self.stats["errors"] += 1
+            self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            if self.error_reply is not None:
+                try:
+                    await send(self.error_reply(exc, body))
+                except Exception as inner:
+                    self.log.warning("could not send the error reply: %r", inner)
+        finally:
+            if self._running.get(identity) is scope:
+                del self._running[identity]
