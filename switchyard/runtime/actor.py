@@ -55,6 +55,7 @@ class Actor:
         self.log = logger
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._mailbox_scope: trio.CancelScope | None = None
 
     # -- for subclasses -------------------------------------------------------
     @property
@@ -69,6 +70,14 @@ class Actor:
         if self._exit_stack is None:
             raise RuntimeError("enter() is available only while the actor runs")
         return await self._exit_stack.enter_async_context(manager)
+
+    def stop(self) -> None:
+        """End this incarnation normally after the current message: ``on_stop`` runs,
+        then the supervisor applies the restart type (a ``permanent`` actor is started
+        again; ``transient`` and ``temporary`` ones stop for good).
+        """
+        if self._mailbox_scope is not None:
+            self._mailbox_scope.cancel()
 
     async def on_start(self) -> None:
         """Acquire resources (bind sockets, load models). The actor is ready when this returns."""
@@ -159,7 +168,8 @@ class ActorSlot:
                     await actor.on_start()
                     self.counters.state = "running"
                     task_status.started(self.ref)
-                    await self._serve_mailbox(actor, current)
+                    with trio.CancelScope() as actor._mailbox_scope:
+                        await self._serve_mailbox(actor, current)
                     self.counters.state = "stopping"
                     await actor.on_stop()
                     nursery.cancel_scope.cancel()

@@ -47,17 +47,6 @@ class Envelope:
         if self.done is not None:
             self.done.set()
         if self.replies is not None:
-            try:
-                self.replies.send_nowait(_StreamFailure(error))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            # The consumer finds ``error`` when the closed channel ends its iteration.
             self.replies.close()
 
-
-class _StreamFailure:
-    """Marker sent down a stream channel when the producer failed."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error

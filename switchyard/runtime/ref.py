@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from switchyard.runtime.envelope import Envelope, Kind, _StreamFailure
+from switchyard.runtime.envelope import Envelope, Kind
 from switchyard.runtime.errors import ActorStopped, AskTimeout, MailboxFull
 
 if TYPE_CHECKING:
@@ -130,10 +130,9 @@ class ReplyStream:
             item = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             await self.aclose()
+            if self._envelope.error is not None:
+                raise self._envelope.error from None
             raise StopAsyncIteration from None
-        if isinstance(item, _StreamFailure):
-            await self.aclose()
-            raise item.error
         return item
 
     async def aclose(self) -> None:

@@ -80,7 +80,7 @@ class SocketOptions:
         sock.setsockopt(zmq.LINGER, self.linger_ms)
         if self.max_message_size >= 0:
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
-        if self.router_mandatory and sock.socket_type == zmq.ROUTER:
+        if self.router_mandatory and sock.type == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self.identity is not None:
             sock.setsockopt(zmq.IDENTITY, self.identity)
@@ -97,7 +97,7 @@ class SocketOptions:
             if not isinstance(option, int):
                 raise ValueError(f"unknown ZeroMQ socket option {name!r}")
             sock.set(option, value)
-        if sock.socket_type == zmq.SUB:
+        if sock.type == zmq.SUB:
             for topic in self.subscribe:
                 sock.setsockopt(zmq.SUBSCRIBE, topic)
 

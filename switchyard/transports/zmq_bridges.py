@@ -59,7 +59,7 @@ class EndpointConfig:
     rcvhwm: int = 1000
     linger_ms: int = 0
     max_message_size: int = 1 << 20
-    hard_limit_factor: int = 4
+    hard_limit_factor: int = 16
     request_timeout: float = 0.0
     max_concurrent: int = 1024
     socket_extra: dict[str, Any] = attrs.Factory(dict)

@@ -1,0 +1,117 @@
+"""The CLI as a subprocess: run + SIGINT/SIGTERM exit 0, bad manifests exit 2, kinds, check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from switchyard.testing import free_tcp_endpoint
+
+CLI = [sys.executable, "-m", "switchyard.runtime.cli"]
+
+
+def _manifest(tmp_path: Path, endpoint: str, grace: float = 2.0) -> Path:
+    path = tmp_path / "app.toml"
+    path.write_text(
+        f'[app]\nname = "cli-test"\ngrace_period = {grace}\n'
+        f'[[actor]]\nname = "health"\nkind = "echo"\n[actor.config]\nendpoint = "{endpoint}"\n'
+    )
+    return path
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "ready" in line:
+            return lines
+    proc.kill()
+    raise AssertionError("app did not become ready:\n" + "".join(lines))
+
+
+def _request(endpoint: str, body: dict) -> dict:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 3000)
+    sock.connect(endpoint)
+    try:
+        sock.send(json.dumps(body).encode())
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_run_serves_and_exits_0_within_grace_on_signal(tmp_path: Path, signum: int) -> None:
+    endpoint = free_tcp_endpoint()
+    proc = subprocess.Popen(
+        [*CLI, "--log-format", "json", "run", str(_manifest(tmp_path, endpoint))],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = _wait_ready(proc)
+        assert json.loads(lines[-1])["logger"] == "switchyard.cli"
+        assert _request(endpoint, {"op": "echo", "data": "你好"}) == {"ok": True, "data": "你好"}
+        health = _request(endpoint, {"op": "health"})
+        assert health["actors"]["health"]["state"] == "running"
+        started = time.monotonic()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 2.0 + 1.0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_bad_manifest_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[app]\nname = "x"\n[[actor]]\nname = "a"\nkind = "echo"\n[actor.config]\nport = 1\n')
+    for command in ("run", "check"):
+        result = subprocess.run([*CLI, command, str(path)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr.strip().count("\n") == 0
+        assert f"{path}: actor 'a' [config]: unknown key 'port'" in result.stderr
+
+
+def test_check_validates_without_starting(tmp_path: Path) -> None:
+    endpoint = "tcp://127.0.0.1:1"  # nothing binds: check starts nothing
+    result = subprocess.run([*CLI, "check", str(_manifest(tmp_path, endpoint))], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "ok: app 'cli-test', 1 actor(s): health (echo)" in result.stdout
+
+
+def test_kinds_lists_one_line_each() -> None:
+    result = subprocess.run([*CLI, "kinds"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("echo ") for line in lines)
+    assert all("unavailable" not in line for line in lines), result.stdout
+
+
+def test_start_failure_exits_1(tmp_path: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    ctx = zmq.Context.instance()
+    squatter = ctx.socket(zmq.REP)
+    squatter.bind(endpoint)
+    try:
+        result = subprocess.run([*CLI, "run", str(_manifest(tmp_path, endpoint))], capture_output=True, text=True,
+                                timeout=30, env={**os.environ})
+    finally:
+        squatter.close(0)
+    assert result.returncode == 1
+    assert "Address already in use" in result.stderr

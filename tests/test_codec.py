@@ -1,0 +1,53 @@
+"""The codec layer: round trips, non-ASCII kept, arbitrary bytes never crash."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from switchyard.protocols.codec import CodecError, get_codec, json_codec, msgpack_codec
+from switchyard.testing.codec import json_values, msgpack_values
+
+
+@given(json_values())
+def test_json_round_trip(value: object) -> None:
+    assert json_codec.decode(json_codec.encode(value)) == value
+
+
+@given(msgpack_values())
+def test_msgpack_round_trip(value: object) -> None:
+    assert msgpack_codec.decode(msgpack_codec.encode(value)) == value
+
+
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_only_ever_raise_codec_error(data: bytes) -> None:
+    for codec in (json_codec, msgpack_codec):
+        try:
+            codec.decode(data)
+        except CodecError:
+            pass
+
+
+def test_json_keeps_non_ascii_and_is_compact() -> None:
+    assert json_codec.encode({"text": "你好世界"}) == '{"text":"你好世界"}'.encode()
+
+
+def test_json_refuses_nan_and_unencodable() -> None:
+    with pytest.raises(CodecError):
+        json_codec.encode(math.nan)
+    with pytest.raises(CodecError):
+        json_codec.encode({"x": object()})
+
+
+def test_deep_nesting_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        json_codec.decode(b"[" * 100_000)
+
+
+def test_get_codec() -> None:
+    assert get_codec("json") is json_codec and get_codec("msgpack") is msgpack_codec
+    with pytest.raises(CodecError, match="unknown codec"):
+        get_codec("xml")
