@@ -1,0 +1,266 @@
+"""Socket.IO 5 server on Trio: namespaces, events, acknowledgements, binary, auth.
+
+``SocketIOServer(handler, config)`` listens on one port for both Engine.IO transports
+(:mod:`socketio_engine`) and drives a :class:`~switchyard.protocols.socketio.ServerConnection`
+per session. The application is a :class:`SocketIOHandler`:
+
+* ``on_connect(client, auth)`` for each namespace CONNECT; raise :class:`ConnectRefused`
+  to answer the client's ``connect_error`` with your message. Before it is called the
+  server itself refuses a wrong/missing ``auth_token`` and, when ``max_clients``
+  clients are connected, any further one ("only one client at a time" by default);
+* ``on_event(client, name, args)`` returns the acknowledgement arguments (a list, or
+  one value; ``None`` means none) which are sent if the client asked for an ack. The
+  events of one client are handled one at a time, in the order they were sent;
+* ``on_disconnect(client, reason)`` once per connected client, whatever ended it.
+
+``client.emit(name, *args)`` sends to a client from any task; it waits while the
+client has ``max_pending_out`` packets queued (backpressure).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from switchyard.protocols import socketio as sio
+from switchyard.transports.http_server import HttpLimits, HttpServer
+from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded
+
+__all__ = ["SocketIOConfig", "SocketIOServer", "SocketIOClient", "SocketIOHandler", "ConnectRefused"]
+
+log = logging.getLogger("switchyard.transports.socketio")
+
+
+@attrs.frozen
+class SocketIOConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: EngineConfig = EngineConfig()
+    namespaces: tuple[str, ...] = (sio.DEFAULT_NAMESPACE,)
+    max_clients: int = 1  # 0: no limit
+    auth_token: str | None = None  # when set, CONNECT auth must be {"token": <this>}
+    connect_timeout: float = 45.0  # a session that joins no namespace by then is closed
+    max_attachments: int = 16
+    disconnect_timeout: float = 10.0  # bound on on_disconnect once the session is gone
+    http: HttpLimits | None = None  # default: body limit = max_payload
+
+
+class ConnectRefused(Exception):
+    """Raised by ``on_connect`` to refuse; the client's ``connect_error`` gets ``message``."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class SocketIOClient:
+    """One connected client (one namespace of one session)."""
+
+    def __init__(self, link: _Link, nsp: str, sid: str, auth: Any) -> None:
+        self._link = link
+        self.nsp = nsp
+        self.sid = sid
+        self.auth = auth
+        self.connected = False
+
+    @property
+    def engine_sid(self) -> str:
+        return self._link.sock.sid
+
+    @property
+    def transport(self) -> str:
+        """``"polling"`` or ``"websocket"`` (changes after an upgrade)."""
+        return self._link.sock.transport
+
+    @property
+    def remote(self) -> str:
+        return self._link.sock.request.client
+
+    async def emit(self, event: str, *args: Any) -> None:
+        """Send event ``event`` with ``args``; raises :class:`SessionEnded` if gone."""
+        if not self.connected:
+            raise SessionEnded("client is not connected")
+        try:
+            self._link.conn.emit(event, args, nsp=self.nsp)
+        except sio.SocketIOError as exc:
+            raise ValueError(str(exc)) from None
+        await self._link.flush()
+
+    async def disconnect(self) -> None:
+        """Server-side disconnect of this namespace (the session closes with the last one)."""
+        if self.connected:
+            self._link.conn.disconnect(self.nsp)
+            await self._link.disconnected(self, "server namespace disconnect")
+            await self._link.flush()
+            if not self._link.conn.connected_namespaces:
+                self._link.sock.close("server disconnect")
+
+
+class SocketIOHandler(Protocol):
+    async def on_connect(self, client: SocketIOClient, auth: Any) -> None: ...
+
+    async def on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any: ...
+
+    async def on_disconnect(self, client: SocketIOClient, reason: str) -> None: ...
+
+
+class _Link:
+    """Per-session glue: the engine socket, the protocol state and its clients."""
+
+    def __init__(self, server: SocketIOServer, sock: EngineSocket, conn: sio.ServerConnection) -> None:
+        self.server = server
+        self.sock = sock
+        self.conn = conn
+        self.clients: dict[str, SocketIOClient] = {}
+        self._send_lock = trio.Lock()
+
+    async def flush(self) -> None:
+        # The lock keeps packets in protocol order when several tasks emit at once.
+        async with self._send_lock:
+            frames = self.conn.take_outgoing()
+            if frames:
+                await self.sock.send_many(frames)
+
+    async def disconnected(self, client: SocketIOClient, reason: str) -> None:
+        if not client.connected:
+            return
+        client.connected = False
+        self.clients.pop(client.nsp, None)
+        self.server.clients.pop(client.sid, None)
+        try:
+            await self.server.handler.on_disconnect(client, reason)
+        except Exception:
+            self.server.log.exception("on_disconnect failed for client %s", client.sid)
+
+
+class SocketIOServer:
+    """See the module docstring. Run with ``port = await nursery.start(server.serve)``."""
+
+    def __init__(self, handler: SocketIOHandler, config: SocketIOConfig = SocketIOConfig(), *,
+                 logger: logging.Logger | None = None) -> None:
+        self.handler = handler
+        self.config = config
+        self.log = logger or log
+        #: Connected clients by Socket.IO sid.
+        self.clients: dict[str, SocketIOClient] = {}
+        self._reserved = 0
+        self.engine = EngineServer(self._session, config.engine, logger=self.log)
+        limits = config.http or HttpLimits(max_body_bytes=config.engine.max_payload + 1024)
+        self.http = HttpServer(self.engine.handle_http, upgrade_handler=self.engine.handle_upgrade,
+                               limits=limits, logger=self.log)
+        self.port: int | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; ``started`` gets the bound port."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.engine.run)
+            self.port = await nursery.start(self.http.serve, self.config.host, self.config.port)
+            self.log.info("Socket.IO listening on http://%s:%d%s", self.config.host, self.port,
+                          self.config.engine.path)
+            task_status.started(self.port)
+
+    # -- one session ------------------------------------------------------------------
+    async def _session(self, sock: EngineSocket) -> None:
+        link = _Link(self, sock, sio.ServerConnection(namespaces=self.config.namespaces,
+                                                      max_attachments=self.config.max_attachments))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._connect_timeout, link)
+                await self._read_loop(link)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.config.disconnect_timeout
+                reason = sock.close_reason or "transport close"
+                link.conn.transport_closed(reason)
+                for client in list(link.clients.values()):
+                    await link.disconnected(client, reason)
+
+    async def _connect_timeout(self, link: _Link) -> None:
+        await trio.sleep(self.config.connect_timeout)
+        if not link.clients:
+            self.log.info("session %s joined no namespace within %g s; closing", link.sock.sid,
+                          self.config.connect_timeout)
+            link.sock.close("connect timeout")
+
+    async def _read_loop(self, link: _Link) -> None:
+        sock, conn = link.sock, link.conn
+        async for message in sock:
+            try:
+                events = conn.receive(message)
+            except sio.SocketIOError as exc:
+                self.log.warning("session %s (%s): protocol error, closing: %s", sock.sid, sock.request.client, exc)
+                sock.close("parse error")
+                return
+            for event in events:
+                if isinstance(event, sio.EventReceived):
+                    await self._on_event(link, event)
+                elif isinstance(event, sio.ConnectRequested):
+                    await self._on_connect(link, event)
+                elif isinstance(event, sio.ClientDisconnected):
+                    client = link.clients.get(event.nsp)
+                    if client is not None:
+                        await link.disconnected(client, event.reason)
+                elif isinstance(event, sio.PacketDropped):
+                    self.log.debug("session %s: %s", sock.sid, event.reason)
+                else:  # AckReceived: we never ask the client for acks
+                    self.log.debug("session %s: unexpected %r", sock.sid, event)
+            try:
+                await link.flush()
+            except SessionEnded:
+                return
+
+    async def _on_connect(self, link: _Link, event: sio.ConnectRequested) -> None:
+        conn, nsp, cfg = link.conn, event.nsp, self.config
+        if cfg.auth_token is not None:
+            token = event.auth.get("token") if isinstance(event.auth, dict) else None
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), cfg.auth_token.encode()):
+                self.log.info("client %s refused: invalid or missing auth token", link.sock.request.client)
+                conn.refuse(nsp, "unauthorized: invalid or missing auth token", {"reason": "unauthorized"})
+                return
+        if cfg.max_clients and len(self.clients) + self._reserved >= cfg.max_clients:
+            who = "one client" if cfg.max_clients == 1 else f"{cfg.max_clients} clients"
+            message = f"server busy: another client is already connected (only {who} at a time)"
+            self.log.info("client %s refused: %s", link.sock.request.client, message)
+            conn.refuse(nsp, message, {"reason": "busy", "max_clients": cfg.max_clients})
+            return
+        client = SocketIOClient(link, nsp, secrets.token_urlsafe(15), event.auth)
+        self._reserved += 1
+        try:
+            await self.handler.on_connect(client, event.auth)
+        except ConnectRefused as refused:
+            conn.refuse(nsp, refused.message, refused.data)
+            return
+        except Exception as exc:
+            self.log.exception("on_connect failed")
+            conn.refuse(nsp, f"server error: {type(exc).__name__}")
+            return
+        finally:
+            self._reserved -= 1
+        conn.accept(nsp, client.sid)
+        client.connected = True
+        link.clients[nsp] = client
+        self.clients[client.sid] = client
+        self.log.info("client %s connected from %s over %s", client.sid, client.remote, client.transport)
+
+    async def _on_event(self, link: _Link, event: sio.EventReceived) -> None:
+        client = link.clients.get(event.nsp)
+        if client is None:
+            return
+        try:
+            result = await self.handler.on_event(client, event.name, event.args)
+        except Exception:
+            self.log.exception("on_event(%r) failed for client %s", event.name, client.sid)
+            return
+        if event.ack_id is not None and client.connected:
+            args = result if isinstance(result, list) else ([] if result is None else [result])
+            try:
+                link.conn.ack(event.nsp, event.ack_id, args)
+            except sio.SocketIOError as exc:
+                self.log.error("cannot acknowledge %r: %s", event.name, exc)
