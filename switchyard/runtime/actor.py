@@ -193,15 +193,28 @@ class ActorSlot:
     async def _serve_mailbox(self, actor: Actor, current: list[Envelope | None]) -> None:
         receive = self.receive_channel
         counters = self.counters
+        since_checkpoint = 0
         while True:
+            # Take queued messages without a scheduler round trip, but still yield
+            # every so often so a busy actor cannot starve the other tasks.
             try:
-                envelope = await receive.receive()
+                if since_checkpoint >= 32:
+                    raise trio.WouldBlock
+                envelope = receive.receive_nowait()
+                since_checkpoint += 1
+            except trio.WouldBlock:
+                since_checkpoint = 0
+                try:
+                    envelope = await receive.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
             if envelope.abandoned:
                 continue
             current[0] = envelope
-            if envelope.kind is Kind.STREAM:
+            kind = envelope.kind
+            if kind is Kind.STREAM:
                 await self._serve_stream(actor, envelope)
             else:
                 try:
@@ -210,12 +223,12 @@ class ActorSlot:
                     raise
                 except Exception as exc:
                     counters.record_error(exc)
-                    if envelope.kind is Kind.ASK:
+                    if kind is Kind.ASK:
                         envelope.fail(ActorError(self.name, exc))
                     else:
                         self.log.error("%s handling %s: %s", type(exc).__name__, _describe(envelope.message), exc)
                 else:
-                    if envelope.kind is Kind.ASK:
+                    if kind is Kind.ASK:
                         envelope.resolve(value)
             counters.handled += 1
             current[0] = None

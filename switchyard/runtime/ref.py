@@ -45,7 +45,10 @@ class ActorRef:
 
     async def tell(self, message: Any) -> None:
         """Deliver ``message``; waits while the mailbox is full (backpressure)."""
-        await self._post(Envelope(message, Kind.TELL))
+        try:
+            await self._slot.send_channel.send(Envelope(message, Kind.TELL))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorStopped(self._slot.name) from None
 
     def tell_nowait(self, message: Any) -> None:
         """Deliver ``message`` now or raise :class:`MailboxFull` without waiting."""
@@ -68,7 +71,12 @@ class ActorRef:
         envelope.done = trio.Event()
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline) as scope:
-            await self._post(envelope)
+            try:
+                self._slot.send_channel.send_nowait(envelope)
+            except trio.WouldBlock:
+                await self._post(envelope)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ActorStopped(self._slot.name) from None
             await envelope.done.wait()
         if scope.cancelled_caught:
             envelope.abandoned = True

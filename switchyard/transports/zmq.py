@@ -12,9 +12,11 @@ Why our own adapter: pyzmq's ``zmq.FD`` is *edge-triggered*, and every ``send``,
 * one task at a time (the *fd waiter*) waits on the file descriptor with
   ``trio.lowlevel.wait_readable``; a task needing the other direction parks on an
   event keyed by the flag it needs (``POLLIN``/``POLLOUT``);
-* any operation or ``EVENTS`` read by another task *pokes* the fd waiter (cancels
-  its wait), because that read may have consumed the edge it was waiting for; the
-  fd waiter then re-reads ``EVENTS``, wakes only parked tasks whose flag is now set
+* after any operation or ``EVENTS`` read by another task, ``EVENTS`` is checked
+  for the fd waiter's flag and, if it is set, the fd waiter is *poked* (its wait
+  cancelled), because that read may have consumed the edge it was waiting for (if
+  the flag is not set, the next change of state raises a fresh edge); the fd
+  waiter then re-reads ``EVENTS``, wakes only parked tasks whose flag is now set
   (no livelock), and goes back to waiting if its own is not;
 * when the fd waiter leaves, every parked task is woken so one takes its place.
 
@@ -49,6 +51,12 @@ SOCKET_TYPES = {
 }
 
 Frame = bytes | bytearray | memoryview | zmq.Frame
+
+# Plain ints: pyzmq's enum members cost an enum construction per flag operation.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
 
 
 @attrs.frozen
@@ -113,9 +121,13 @@ class ZmqSocket:
     def __init__(self, sock: zmq.Socket) -> None:
         self.socket = sock
         self._fd = sock.getsockopt(zmq.FD)
-        self._send_lock = trio.Lock()
-        self._recv_lock = trio.Lock()
+        # One sender and one receiver at a time; the rest queue FIFO on a parking lot.
+        self._sending = False
+        self._receiving = False
+        self._send_turn = trio.lowlevel.ParkingLot()
+        self._recv_turn = trio.lowlevel.ParkingLot()
         self._fd_waiting = False
+        self._fd_flag = 0
         self._fd_scope: trio.CancelScope | None = None
         self._parked: dict[int, trio.Event] = {}
         self._closed = False
@@ -143,22 +155,44 @@ class ZmqSocket:
 
     async def send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> None:
         """Send ``frames`` as one message; waits while the socket is at its HWM."""
-        async with self._send_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = await self._acquire("_sending", self._send_turn)
+        try:
             while True:
                 self._check_open()
                 try:
-                    self.socket.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+                    self.socket.send_multipart(frames, _NOBLOCK, copy=copy)
                 except zmq.Again:
-                    self._poke()
-                    await self._wait_for(zmq.POLLOUT)
+                    await self._wait_for(POLLOUT)
+                    waited = True
                     continue
                 except zmq.ZMQError as exc:
-                    self._poke()
+                    self._after_op()
                     if exc.errno == zmq.ENOTSOCK:
                         raise trio.ClosedResourceError("socket closed") from exc
                     raise
-                self._poke()
-                return
+                self._after_op()
+                break
+        finally:
+            self._release("_sending", self._send_turn)
+        if not waited:  # every Trio operation checkpoints; a wait already did
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def try_send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> bool:
+        """Send now if the socket has room and no other task is sending; else False.
+
+        Not a checkpoint: for hot paths that checkpoint elsewhere (e.g. a task
+        that ends right after its reply).
+        """
+        if self._sending or self._closed:
+            return False
+        try:
+            self.socket.send_multipart(frames, _NOBLOCK, copy=copy)
+        except zmq.Again:
+            return False
+        finally:
+            self._after_op()
+        return True
 
     async def recv(self) -> bytes:
         """Receive a single-frame message as bytes (extra frames are an error)."""
@@ -169,22 +203,29 @@ class ZmqSocket:
 
     async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
         """Receive one whole message: ``bytes`` frames, or ``zmq.Frame`` with ``copy=False``."""
-        async with self._recv_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = await self._acquire("_receiving", self._recv_turn)
+        try:
             while True:
                 self._check_open()
                 try:
-                    frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=copy)
+                    frames = self.socket.recv_multipart(_NOBLOCK, copy=copy)
                 except zmq.Again:
-                    self._poke()
-                    await self._wait_for(zmq.POLLIN)
+                    await self._wait_for(POLLIN)
+                    waited = True
                     continue
                 except zmq.ZMQError as exc:
-                    self._poke()
+                    self._after_op()
                     if exc.errno == zmq.ENOTSOCK:
                         raise trio.ClosedResourceError("socket closed") from exc
                     raise
-                self._poke()
-                return frames
+                self._after_op()
+                break
+        finally:
+            self._release("_receiving", self._recv_turn)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return frames
 
     async def aclose(self) -> None:
         """Close the socket (LINGER applies); waiters get ``ClosedResourceError``."""
@@ -192,6 +233,8 @@ class ZmqSocket:
             return
         self._closed = True
         trio.lowlevel.notify_closing(self._fd)
+        self._send_turn.unpark_all()
+        self._recv_turn.unpark_all()
         for event in self._parked.values():
             event.set()
         self._parked.clear()
@@ -203,6 +246,29 @@ class ZmqSocket:
         if self._closed:
             raise trio.ClosedResourceError("socket closed")
 
+    async def _acquire(self, flag: str, turn: trio.lowlevel.ParkingLot) -> bool:
+        """Take this direction's turn; True if we had to wait (a checkpoint happened)."""
+        waited = False
+        while getattr(self, flag):
+            await turn.park()
+            waited = True
+        setattr(self, flag, True)
+        return waited
+
+    def _release(self, flag: str, turn: trio.lowlevel.ParkingLot) -> None:
+        setattr(self, flag, False)
+        turn.unpark()
+
+    def _after_op(self) -> None:
+        """After our send/recv: wake the fd waiter only if what it waits for is now ready.
+
+        Our operation may have consumed the fd's edge; if ``EVENTS`` shows nothing for
+        the waiter, the next change of state raises a fresh edge, so it can sleep on.
+        """
+        scope = self._fd_scope
+        if scope is not None and self.socket.get(_EVENTS) & self._fd_flag:
+            scope.cancel()
+
     def _poke(self) -> None:
         scope = self._fd_scope
         if scope is not None:
@@ -211,10 +277,12 @@ class ZmqSocket:
     async def _wait_for(self, flag: int) -> None:
         while True:
             self._check_open()
-            if self.socket.getsockopt(zmq.EVENTS) & flag:
+            events = self.socket.get(_EVENTS)
+            if events & self._fd_flag:
+                self._poke()  # our EVENTS read may have eaten the edge the fd waiter needs
+            if events & flag:
                 return
             if self._fd_waiting:
-                self._poke()  # our EVENTS read may have eaten the fd waiter's edge
                 event = trio.Event()
                 self._parked[flag] = event
                 try:
@@ -228,6 +296,7 @@ class ZmqSocket:
 
     async def _wait_on_fd(self, flag: int) -> None:
         self._fd_waiting = True
+        self._fd_flag = flag
         try:
             while True:
                 with trio.CancelScope() as scope:
@@ -235,7 +304,7 @@ class ZmqSocket:
                     await trio.lowlevel.wait_readable(self._fd)
                 self._fd_scope = None
                 self._check_open()
-                events = self.socket.getsockopt(zmq.EVENTS)
+                events = self.socket.get(_EVENTS)
                 for parked_flag in [f for f in self._parked if events & f]:
                     self._parked.pop(parked_flag).set()
                 if events & flag:
@@ -243,6 +312,7 @@ class ZmqSocket:
         finally:
             self._fd_scope = None
             self._fd_waiting = False
+            self._fd_flag = 0
             for event in self._parked.values():
                 event.set()  # hand the fd over: one of them becomes the fd waiter
             self._parked.clear()

@@ -141,7 +141,10 @@ class _RouterServer:
                         while True:
                             frames = await sock.recv_multipart(copy=False)
                             token = object()
-                            await self._limiter.acquire_on_behalf_of(token)
+                            try:
+                                self._limiter.acquire_on_behalf_of_nowait(token)
+                            except trio.WouldBlock:
+                                await self._limiter.acquire_on_behalf_of(token)
                             in_flight.start_soon(self._guarded, frames, token)
         finally:
             self._socket = None
@@ -167,7 +170,8 @@ class _RouterServer:
         if sock is None:
             raise trio.ClosedResourceError("server is not running")
         try:
-            await sock.send_multipart(frames)
+            if not sock.try_send_multipart(frames):
+                await sock.send_multipart(frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise PeerGone("peer is no longer connected") from None
