@@ -6,12 +6,22 @@ Strategies produce what the Rime plugin puts on the wire (as dicts; encode with
 
 ``CPP_CLIENT_OPTIONS`` / ``configure_like_cpp_client`` set a pyzmq socket up exactly
 like the C++ client (PEERS.md section 1), so tests talk to the server the way the IME does.
+
+``serve_fake_completions`` runs a small OpenAI-compatible chat-completions server on
+loopback (Trio + h11) that streams scripted replies as server-sent events, so the
+``openai`` backend is tested over real HTTP without reaching the network.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+import h11
+import trio
 import zmq
 from hypothesis import strategies as st
 
@@ -43,6 +53,9 @@ __all__ = [
     "ai_request_dicts",
     "outbox_commands",
     "hostile_bodies",
+    "FakeReply",
+    "FakeCompletions",
+    "serve_fake_completions",
 ]
 
 RIME_TIMEOUT_MS = 100
@@ -213,3 +226,120 @@ def hostile_bodies() -> st.SearchStrategy[bytes]:
         _mutated(rime_request_dicts() | ai_request_dicts()),
         good,
     )
+
+
+# ---------------------------------------------------------------------------
+# A scripted OpenAI-compatible streaming server
+
+
+@attrs.frozen
+class FakeReply:
+    """What the fake server answers to one request.
+
+    ``chunks`` are content pieces, each sent as one ``chat.completion.chunk`` event
+    ``delay`` seconds apart, then ``data: [DONE]``. ``status`` other than 200 sends
+    ``error_body`` as JSON instead. ``error_event`` sends an in-stream error object
+    after the chunks. ``raw`` (if set) is sent verbatim as the response body.
+    """
+
+    chunks: tuple[str, ...] = ()
+    delay: float = 0.0
+    status: int = 200
+    error_body: dict[str, Any] = attrs.Factory(lambda: {"error": {"message": "scripted failure"}})
+    error_event: str | None = None
+    raw: bytes | None = None
+
+
+@attrs.define
+class FakeCompletions:
+    """A running fake server: its ``base_url`` and every request body it received."""
+
+    base_url: str
+    requests: list[dict[str, Any]] = attrs.Factory(list)
+    headers: list[dict[str, str]] = attrs.Factory(list)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+@asynccontextmanager
+async def serve_fake_completions(script: Callable[[dict[str, Any]], FakeReply]) -> AsyncIterator[FakeCompletions]:
+    """Serve ``POST /v1/chat/completions`` on 127.0.0.1 (a free port) until the block ends.
+
+    ``script(request_json)`` decides each reply. One request per connection.
+    """
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, lambda stream: _serve_one(stream, script, server), 0)
+        port = listeners[0].socket.getsockname()[1]
+        server = FakeCompletions(base_url=f"http://127.0.0.1:{port}/v1")
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _serve_one(stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions) -> None:
+    conn = h11.Connection(h11.SERVER)
+    body = b""
+    request: h11.Request | None = None
+    async with stream:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data:
+                    return
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+        assert request is not None
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            payload = {"_unparseable": body.decode("utf-8", "replace")}
+        server.requests.append(payload)
+        server.headers.append({k.decode(): v.decode() for k, v in request.headers})
+        if request.target != b"/v1/chat/completions" or request.method != b"POST":
+            reply = FakeReply(status=404, error_body={"error": {"message": f"no route {request.target.decode()}"}})
+        else:
+            reply = script(payload)
+
+        async def send(event: Any) -> None:
+            data = conn.send(event)
+            if data:
+                await stream.send_all(data)
+
+        if reply.status != 200:
+            body_out = json.dumps(reply.error_body).encode()
+            await send(h11.Response(status_code=reply.status, headers=[("content-type", "application/json"), ("content-length", str(len(body_out))), ("connection", "close")]))
+            await send(h11.Data(data=body_out))
+            await send(h11.EndOfMessage())
+            return
+        await send(h11.Response(status_code=200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("connection", "close")]))
+        if reply.raw is not None:
+            await send(h11.Data(data=reply.raw))
+        else:
+            for index, piece in enumerate(reply.chunks):
+                if reply.delay:
+                    await trio.sleep(reply.delay)
+                chunk = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "model": payload.get("model", ""),
+                    "choices": [{"index": 0, "delta": ({"role": "assistant"} if index == 0 else {}) | {"content": piece}, "finish_reason": None}],
+                }
+                await send(h11.Data(data=_sse(chunk)))
+            if reply.error_event is not None:
+                await send(h11.Data(data=_sse({"error": {"message": reply.error_event}})))
+            else:
+                final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                await send(h11.Data(data=_sse(final) + b"data: [DONE]\n\n"))
+        await send(h11.EndOfMessage())
