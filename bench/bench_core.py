@@ -115,6 +115,19 @@ class Echo(Actor):
         return message
 
 
+def serve_switchyard_socket(endpoint: str, ready: multiprocessing.synchronize.Event) -> None:
+    """The adapter alone: a ROUTER echo loop on ``switchyard.transports.zmq`` (compare zmq-anyio)."""
+    from switchyard.transports.zmq import open_socket
+
+    async def main() -> None:
+        async with open_socket(zmq.ROUTER, bind=endpoint) as sock:
+            ready.set()
+            while True:
+                await sock.send_multipart(await sock.recv_multipart(copy=False))
+
+    trio.run(main)
+
+
 def serve_switchyard_actor(endpoint: str, ready: multiprocessing.synchronize.Event) -> None:
     """The default app's health/echo actor: the bridge runs inside the actor that owns it."""
     from switchyard.actors.echo import EchoActor
@@ -189,7 +202,8 @@ def serve_zmq_anyio(endpoint: str, ready: multiprocessing.synchronize.Event) -> 
 SERVERS = {
     "blocking pyzmq REP (baseline)": serve_blocking,
     "zmq.asyncio REP (baseline)": serve_asyncio,
-    "zmq-anyio ROUTER on trio": serve_zmq_anyio,
+    "zmq-anyio ROUTER echo on trio": serve_zmq_anyio,
+    "switchyard adapter ROUTER echo on trio": serve_switchyard_socket,
     "switchyard echo actor (bridge owned by the actor)": serve_switchyard_actor,
     "switchyard bridge -> ask another actor": serve_switchyard,
 }
