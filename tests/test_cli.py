@@ -115,3 +115,20 @@ def test_start_failure_exits_1(tmp_path: Path) -> None:
         squatter.close(0)
     assert result.returncode == 1
     assert "Address already in use" in result.stderr
+
+
+def test_default_app_starts_and_exits_0_on_sigint() -> None:
+    """`switchyard run` with no manifest: the built-in default app (what `make run` starts)."""
+    proc = subprocess.Popen([*CLI, "run"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(proc, timeout=120)
+        health = _request("tcp://127.0.0.1:5590", {"op": "health"})
+        assert health["ok"] is True
+        assert all(actor["state"] == "running" for actor in health["actors"].values()), health
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 5.0 + 2.0  # the default app's grace period, plus slack
+    finally:
+        proc.kill()
+        proc.wait()
