@@ -6,6 +6,7 @@ runtime imports a module only when its kind is used.
 
 KINDS: dict[str, str] = {
     "echo": "switchyard.actors.echo:EchoActor",
+    "tensor_session": "switchyard.actors.tensor_session:TensorSessionActor",
     "socketio_bridge": "switchyard.actors.socketio_bridge:SocketIOBridgeActor",
     "robot_worker": "switchyard.actors.robot_worker:RobotWorkerActor",
 }

@@ -117,7 +117,8 @@ class TensorExchange(Protocol):
     """What one request's tensors and responses travel through (file or ZeroMQ).
 
     ``load``/``store``/``discard``/``respond`` are called from the worker thread
-    that runs ``main_logic``.
+    that runs ``main_logic``. ``load`` raises SessionError (or FileNotFoundError /
+    TSRError) for a tensor it cannot give.
     """
 
     def load(self, tag: str) -> np.ndarray: ...
@@ -241,6 +242,9 @@ class TensorSessionServer:
         try:
             for tag in tags:
                 loaded.append(call.exchange.load(tag))
+        except SessionError:
+            self._discard(call, tags)
+            raise
         except FileNotFoundError:
             self._discard(call, tags)
             raise SessionError(f"tensor {tag!r} not found ({tag}.tsr)") from None

@@ -42,7 +42,7 @@ from switchyard.transports.file_session import (
 )
 from switchyard.transports.tsr_file import load_tsr, save_tsr
 
-__all__ = ["DEFAULT_SCRIPT", "PythonSession"]
+__all__ = ["DEFAULT_SCRIPT", "PythonSession", "SessionVerbs"]
 
 #: The server script shipped with switchyard (what ``script="default"`` launches).
 DEFAULT_SCRIPT = Path(switchyard.__file__).resolve().parent / "apps" / "tensor_server.py"
@@ -55,7 +55,61 @@ def _default_root() -> Path:
     return Path(env) if env else Path.cwd() / "workspace" / "python_session"
 
 
-class PythonSession:
+class SessionVerbs:
+    """The C++ ``PythonSession`` verbs built on five primitives a transport provides:
+    ``wait_until_ready``, ``send_request``, ``wait_for_response``, ``send_tensor``
+    and ``wait_for_tensors``."""
+
+    session_id: str
+
+    def wait_until_ready(self, timeout: float = 5.0) -> bool:
+        raise NotImplementedError
+
+    def send_request(self, msg: str | Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def wait_for_response(self, timeout: float = 5.0) -> str:
+        raise NotImplementedError
+
+    def send_tensor(self, tensor: Any, tag: str) -> None:
+        raise NotImplementedError
+
+    def wait_for_tensors(self, timeout: float = 10.0) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def fetch_response(self, msg: str | Mapping[str, Any], timeout: float = 5.0) -> str:
+        if not self.wait_until_ready(timeout):
+            raise TimeoutError(f"session {self.session_id} still busy after {timeout} s")
+        self.send_request(msg)
+        return self.wait_for_response(timeout)
+
+    def wait_for_tensor(self, timeout: float = 10.0) -> np.ndarray:
+        tensors = self.wait_for_tensors(timeout)
+        if len(tensors) != 1:
+            raise SessionError(f"expected one result tensor, got {len(tensors)} (use wait_for_tensors)")
+        return tensors[0]
+
+    def fetch_tensors(self, msg: str | Mapping[str, Any], timeout: float = 10.0) -> list[np.ndarray]:
+        if not self.wait_until_ready(timeout):
+            raise TimeoutError(f"session {self.session_id} still busy after {timeout} s")
+        self.send_request(msg)
+        return self.wait_for_tensors(timeout)
+
+    def fetch_tensor(self, msg: str | Mapping[str, Any], timeout: float = 10.0) -> np.ndarray:
+        tensors = self.fetch_tensors(msg, timeout)
+        if len(tensors) != 1:
+            raise SessionError(f"expected one result tensor, got {len(tensors)} (use fetch_tensors)")
+        return tensors[0]
+
+    def calculate(self, cmd: str, *tensors: Any, timeout: float = 10.0) -> np.ndarray:
+        """Send ``tensors`` as ``a``, ``b``, ``c``, ... and run ``cmd`` on them (one result)."""
+        tags = [chr(ord("a") + i) for i in range(len(tensors))]
+        for tag, tensor in zip(tags, tensors):
+            self.send_tensor(tensor, tag)
+        return self.fetch_tensor({"cmd": cmd, "params": ",".join(tags)}, timeout)
+
+
+class PythonSession(SessionVerbs):
     """One session directory and (after :meth:`start`) the server process serving it."""
 
     def __init__(
@@ -210,12 +264,6 @@ class PythonSession:
         except (ValueError, AttributeError):
             return extract_params(body)  # a server writing unescaped text: read it as C++ does
 
-    def fetch_response(self, msg: str | Mapping[str, Any], timeout: float = 5.0) -> str:
-        if not self.wait_until_ready(timeout):
-            raise TimeoutError(f"session {self.session_id} still busy after {timeout} s")
-        self.send_request(msg)
-        return self.wait_for_response(timeout)
-
     # ---- tensors
 
     def send_tensor(self, tensor: Any, tag: str) -> None:
@@ -236,31 +284,6 @@ class PythonSession:
                 raise TimeoutError(f"tensor file {path} did not appear")
             out.append(load_tsr(path))
         return out
-
-    def wait_for_tensor(self, timeout: float = 10.0) -> np.ndarray:
-        tensors = self.wait_for_tensors(timeout)
-        if len(tensors) != 1:
-            raise SessionError(f"expected one result tensor, got {len(tensors)} (use wait_for_tensors)")
-        return tensors[0]
-
-    def fetch_tensors(self, msg: str | Mapping[str, Any], timeout: float = 10.0) -> list[np.ndarray]:
-        if not self.wait_until_ready(timeout):
-            raise TimeoutError(f"session {self.session_id} still busy after {timeout} s")
-        self.send_request(msg)
-        return self.wait_for_tensors(timeout)
-
-    def fetch_tensor(self, msg: str | Mapping[str, Any], timeout: float = 10.0) -> np.ndarray:
-        tensors = self.fetch_tensors(msg, timeout)
-        if len(tensors) != 1:
-            raise SessionError(f"expected one result tensor, got {len(tensors)} (use fetch_tensors)")
-        return tensors[0]
-
-    def calculate(self, cmd: str, *tensors: Any, timeout: float = 10.0) -> np.ndarray:
-        """Send ``tensors`` as ``a``, ``b``, ``c``, ... and run ``cmd`` on them (one result)."""
-        tags = [chr(ord("a") + i) for i in range(len(tensors))]
-        for tag, tensor in zip(tags, tensors):
-            self.send_tensor(tensor, tag)
-        return self.fetch_tensor({"cmd": cmd, "params": ",".join(tags)}, timeout)
 
     # ---- internals
 
