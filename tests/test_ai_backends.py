@@ -317,6 +317,7 @@ async def test_openai_chat_streams_chunks_with_assistant_prompt():
         (FakeReply(status=500, error_body={"error": {"message": "model overloaded"}}), "HTTP 500: model overloaded"),
         (FakeReply(chunks=("半",), error_event="context length exceeded"), "context length exceeded"),
         (FakeReply(raw=b"data: {not json}\n\n"), "bad completion stream"),
+        (FakeReply(raw=b'data: {"choices":[{"delta":{"content":"half"}}]}\n\n'), "ended before the answer was finished"),
     ],
 )
 async def test_openai_failures_become_backend_errors(reply, words):

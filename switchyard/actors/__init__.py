@@ -6,6 +6,8 @@ runtime imports a module only when its kind is used.
 
 KINDS: dict[str, str] = {
     "echo": "switchyard.actors.echo:EchoActor",
+    "rime_state": "switchyard.actors.rime_state:RimeStateActor",
+    "ai_stream": "switchyard.actors.ai_stream:AiStreamActor",
     "tensor_session": "switchyard.actors.tensor_session:TensorSessionActor",
     "socketio_bridge": "switchyard.actors.socketio_bridge:SocketIOBridgeActor",
     "robot_worker": "switchyard.actors.robot_worker:RobotWorkerActor",

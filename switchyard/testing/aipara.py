@@ -53,6 +53,8 @@ __all__ = [
     "ai_request_dicts",
     "outbox_commands",
     "hostile_bodies",
+    "RimeClient",
+    "AiClient",
     "FakeReply",
     "FakeCompletions",
     "serve_fake_completions",
@@ -84,6 +86,94 @@ def configure_like_cpp_client(sock: zmq.Socket, *, timeout_ms: int) -> zmq.Socke
     sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
     sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
     return sock
+
+
+class RimeClient:
+    """A blocking REQ client set up like the C++ client's Rime state socket
+    (100 ms send/receive timeouts). Use from a worker thread under Trio
+    (``await trio.to_thread.run_sync(client.request, {...})``).
+
+    Like the C++ client, a timed-out request tears the socket down and reconnects
+    (REQ cannot send again without a reply); :meth:`request` then raises
+    ``TimeoutError``. ``identity`` mimics the newer client's ``<client_id>-rime``.
+    """
+
+    def __init__(self, endpoint: str, *, identity: bytes | None = None, timeout_ms: int = RIME_TIMEOUT_MS,
+                 curve: tuple[bytes, bytes, bytes] | None = None, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.identity = identity
+        self.timeout_ms = timeout_ms
+        self.curve = curve
+        self.context = context or zmq.Context.instance()
+        self.timeouts = 0
+        self.sock = self._open()
+
+    def _open(self) -> zmq.Socket:
+        sock = configure_like_cpp_client(self.context.socket(zmq.REQ), timeout_ms=self.timeout_ms)
+        if self.identity is not None:
+            sock.setsockopt(zmq.IDENTITY, self.identity)
+        if self.curve is not None:
+            public, secret, server_public = self.curve
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+        sock.connect(self.endpoint)
+        return sock
+
+    def request(self, message: dict[str, Any] | bytes | list[bytes]) -> dict[str, Any]:
+        """Send one request (a dict is JSON-encoded; a list is sent multipart) and
+        return the decoded reply (frames joined with ``\\n`` like the client)."""
+        try:
+            if isinstance(message, list):
+                self.sock.send_multipart(message)
+            else:
+                self.sock.send(message if isinstance(message, bytes) else json_codec.encode(message))
+            reply = self.sock.recv_multipart()
+        except zmq.Again:
+            self.timeouts += 1
+            self.sock.close(linger=0)
+            self.sock = self._open()
+            raise TimeoutError(f"no reply within {self.timeout_ms} ms") from None
+        return json.loads(b"\n".join(reply))
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class AiClient:
+    """A blocking DEALER client set up like the C++ client's AI socket (5 s timeouts,
+    single-frame requests). Use from a worker thread under Trio."""
+
+    def __init__(self, endpoint: str, *, identity: bytes | None = None, timeout_ms: int = AI_TIMEOUT_MS,
+                 curve: tuple[bytes, bytes, bytes] | None = None, context: zmq.Context | None = None) -> None:
+        self.sock = configure_like_cpp_client((context or zmq.Context.instance()).socket(zmq.DEALER), timeout_ms=timeout_ms)
+        if identity is not None:
+            self.sock.setsockopt(zmq.IDENTITY, identity)
+        if curve is not None:
+            public, secret, server_public = curve
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = public, secret, server_public
+        self.sock.connect(endpoint)
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        self.sock.send(message if isinstance(message, bytes) else json_codec.encode(message))
+
+    def recv(self, timeout_ms: int | None = None) -> dict[str, Any]:
+        """One reply, decoded; raises ``TimeoutError`` if none comes in time."""
+        if timeout_ms is not None and not self.sock.poll(timeout_ms):
+            raise TimeoutError(f"no reply within {timeout_ms} ms")
+        try:
+            frames = self.sock.recv_multipart()
+        except zmq.Again:
+            raise TimeoutError("no reply within the socket timeout") from None
+        return json.loads(b"\n".join(frames))
+
+    def until_final(self) -> list[dict[str, Any]]:
+        """Every reply up to and including the one with ``is_final: true``."""
+        replies = [self.recv()]
+        while not replies[-1].get("is_final"):
+            replies.append(self.recv())
+        return replies
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
 
 
 _text = st.text(max_size=40)
@@ -280,6 +370,13 @@ async def serve_fake_completions(script: Callable[[dict[str, Any]], FakeReply]) 
 
 
 async def _serve_one(stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions) -> None:
+    try:
+        await _exchange(stream, script, server)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client hung up mid-reply (e.g. its convert was superseded)
+
+
+async def _exchange(stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions) -> None:
     conn = h11.Connection(h11.SERVER)
     body = b""
     request: h11.Request | None = None

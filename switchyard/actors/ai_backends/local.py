@@ -39,7 +39,7 @@ class LocalBackendConfig:
     """``[actor.config.local]``: limits and knobs of the offline engine."""
 
     hmm: bool = True
-    hmm_beam: int = 12
+    hmm_beam: int = 24
     max_input_letters: int = 64
     max_words: int = 12
     max_sentences: int = 8

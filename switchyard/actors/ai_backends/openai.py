@@ -135,6 +135,7 @@ class OpenAIBackend:
                     await on_text(await _whole_reply(response, cfg.max_event_bytes))
                     return
                 decoder = SSEDecoder(max_event_bytes=cfg.max_event_bytes)
+                finished = False
                 async for chunk in response.aiter_bytes():
                     for event in decoder.feed(chunk):
                         delta = parse_completion_event(event.data)
@@ -142,6 +143,9 @@ class OpenAIBackend:
                             return
                         if delta.content:
                             await on_text(delta.content)
+                        finished = finished or delta.finish_reason is not None
+                if not finished:
+                    raise BackendError(f"the completion stream from {self.url} ended before the answer was finished")
         except httpx.TimeoutException as exc:
             raise BackendError(f"timed out talking to {self.url} ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
