@@ -43,6 +43,13 @@ class DemoServer(TensorSessionServer):
             return True
         if command == "quiet":
             return True
+        if command == "twice":
+            self.write_response("", "first")
+            self.write_response("", "second")
+            return True
+        if command == "answer_then_fail":
+            self.write_response("", "partial")
+            raise RuntimeError("late failure")
         return super().main_logic(command, parameters)
 
 
@@ -134,6 +141,33 @@ async def test_malformed_messages_from_a_raw_peer_get_errors_and_the_actor_serve
         finally:
             raw.close()
         assert await call(client.fetch_response, "hello survivor") == "Hello Survivor"
+
+
+async def test_the_last_message_of_a_request_carries_its_status():
+    async with actor() as (client, _):
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(client.endpoint)
+        try:
+            async def exchange(req_id, cmd, count):
+                await call(raw.send_multipart, encode_request(req_id, cmd, ""))
+                return [decode_reply(await call(raw.recv_multipart)) for _ in range(count)]
+
+            [only] = await exchange(1, "hello", 1)
+            assert (only.params, only.status) == ("Hello ", "ok")
+            first, second = await exchange(2, "twice", 2)
+            assert (first.params, first.status, second.params, second.status) == ("first", None, "second", "ok")
+            partial, done = await exchange(3, "answer_then_fail", 2)
+            assert (partial.params, partial.status) == ("partial", None)
+            assert done.id == 3 and done.status == "error:late failure"
+        finally:
+            raw.close()
+        await call(client.send_request, {"cmd": "twice"})
+        assert await call(client.wait_for_response) == "first"
+        assert await call(client.wait_for_response) == "second"
+        assert await call(client.fetch_response, {"cmd": "answer_then_fail"}) == "partial"
+        with pytest.raises(SessionError, match="late failure"):
+            await call(client.wait_for_response, 5)
 
 
 async def test_quiet_command_and_exit():

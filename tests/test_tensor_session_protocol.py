@@ -81,11 +81,13 @@ def test_zmq_request_round_trip(req_id, cmd, params, arrays):
     assert all(same_tensor(a, b) for (_, a), (_, b) in zip(got, tensors))
 
 
-@given(st.integers(0, 2**31), st.text(), st.lists(tsr_arrays(max_side=3), max_size=3))
-def test_zmq_reply_round_trip(req_id, text, arrays):
+@given(st.integers(0, 2**31), st.text(), st.lists(tsr_arrays(max_side=3), max_size=3),
+       st.none() | st.sampled_from(["ok", "error:boom"]))
+def test_zmq_reply_round_trip(req_id, text, arrays, status):
     tensors = [(f"r{i}", a) for i, a in enumerate(arrays)]
-    reply = ts.decode_reply([bytes(f) for f in ts.encode_response(req_id, "", text, tensors)])
+    reply = ts.decode_reply([bytes(f) for f in ts.encode_response(req_id, "", text, tensors, status)])
     assert isinstance(reply, Response) and reply.id == req_id and reply.params == text
+    assert reply.status == status
     assert all(same_tensor(a, b) for (_, a), (_, b) in zip(reply.tensors, tensors))
     done = ts.decode_reply(ts.encode_done(req_id, "error:boom"))
     assert done == Done(req_id, "error:boom") and not done.ok

@@ -35,6 +35,7 @@ import trio
 
 from switchyard.protocols.tensor_session import (
     MAX_TENSORS,
+    Done,
     Request,
     Response,
     decode_request,
@@ -95,13 +96,19 @@ def load_server_class(spec: str) -> type[TensorSessionServer]:
 
 
 class _FrameExchange:
-    """A request's tensors held in memory; responses handed to ``send`` as frames."""
+    """A request's tensors held in memory; responses handed to ``send``.
+
+    The latest response is held back until the command writes another one or ends,
+    so the last one can carry the request's status: one message for the common
+    one-response command, and no thread round trip for it.
+    """
 
     def __init__(self, req_id: int, tensors: Sequence[tuple[str, np.ndarray]], send: Any) -> None:
         self.req_id = req_id
         self.inputs = dict(tensors)
         self.results: list[tuple[str, np.ndarray]] = []
         self.send = send
+        self.held: Response | None = None
 
     def load(self, tag: str) -> np.ndarray:
         try:
@@ -117,7 +124,19 @@ class _FrameExchange:
 
     def respond(self, cmd: str, text: str) -> None:
         results, self.results = self.results, []
-        trio.from_thread.run(self.send, Response(self.req_id, cmd, text, tuple(results)))
+        previous, self.held = self.held, Response(self.req_id, cmd, text, tuple(results))
+        if previous is not None:
+            trio.from_thread.run(self.send, previous)
+
+    async def finish(self, status: str) -> None:
+        """Send what is held with the final status (or a bare done)."""
+        held, self.held = self.held, None
+        if held is not None and status == "ok":
+            await self.send(attrs.evolve(held, status=status))
+            return
+        if held is not None:
+            await self.send(held)
+        await self.send(Done(self.req_id, status))
 
 
 class TensorSessionActor(Actor):
@@ -159,15 +178,19 @@ class TensorSessionActor(Actor):
             await send(encode_done(req_id, "ok"))
             return
 
-        async def send_response(response: Response) -> None:
-            await send(encode_response(response.id, response.cmd, response.params, response.tensors))
+        async def send_reply(reply: Response | Done) -> None:
+            if isinstance(reply, Done):
+                await send(encode_done(reply.id, reply.status))
+            else:
+                await send(encode_response(reply.id, reply.cmd, reply.params, reply.tensors, reply.status))
 
-        status = await self._execute(request, _FrameExchange(req_id, tensors, send_response))
-        await send(encode_done(req_id, status))
+        await self._execute(request, _FrameExchange(req_id, tensors, send_reply))
 
     async def _execute(self, request: Request, exchange: _FrameExchange) -> str:
         async with self._limiter:
-            return await self.handler.execute(request, exchange)
+            status = await self.handler.execute(request, exchange)
+        await exchange.finish(status)
+        return status
 
     @staticmethod
     def _error_reply(exc: BaseException, frames: Any) -> list[Any]:
@@ -180,8 +203,9 @@ class TensorSessionActor(Actor):
             raise TypeError(f"expected a TensorCommand, got {type(message).__name__}")
         responses: list[Response] = []
 
-        async def collect(response: Response) -> None:
-            responses.append(response)
+        async def collect(reply: Response | Done) -> None:
+            if isinstance(reply, Response):
+                responses.append(attrs.evolve(reply, status=None))
 
         tensors = [(tag, np.asarray(value)) for tag, value in message.tensors.items()]
         status = await self._execute(Request(message.cmd, message.params), _FrameExchange(0, tensors, collect))

@@ -193,6 +193,10 @@ class TensorSessionClient(SessionVerbs):
         if isinstance(reply, Response):
             if reply.id in self._outstanding:  # else: a request we gave up on
                 self._responses.append(reply)
+                if reply.status is not None:  # the request's last message
+                    self._outstanding.discard(reply.id)
+                    if reply.status != "ok":
+                        self._errors.append(reply.status)
             return True
         assert isinstance(reply, Done)
         if reply.id is None:  # a request too malformed to carry its id: the oldest one

@@ -14,10 +14,13 @@ both a JSON parser and the C++ client's naive ``"params":`` scan get the text.
 the 64-byte TSR header and the raw data (see :mod:`switchyard.protocols.tsr`)::
 
     request   {"id": 7, "cmd": "matmul", "params": "a,b", "tensors": ["a", "b"]}  hdr data hdr data
-    response  {"id": 7, "kind": "response", "cmd": "", "params": "r", "tensors": ["r"]}  hdr data
-    done      {"id": 7, "kind": "done", "status": "ok"}      (or "error:<message>")
+    response  {"id": 7, "kind": "response", "cmd": "", "params": "r", "tensors": ["r"], "status": "ok"}  hdr data
+    done      {"id": 7, "kind": "done", "status": "error:<message>"}
 
-Every request gets exactly one ``done`` after its responses. Decoders raise only
+A request ends with exactly one message carrying ``status`` (``"ok"`` or
+``"error:<message>"``): its last response, or a ``done`` when it has no response to
+carry it (no response at all, or a failure after the last one). Responses before
+the last have no ``status``. Decoders raise only
 :class:`SessionProtocolError` or :class:`~switchyard.protocols.tsr.TSRError` (both
 ``ValueError``), whatever the bytes.
 """
@@ -184,6 +187,8 @@ class Response:
     cmd: str
     params: str
     tensors: tuple[tuple[str, np.ndarray], ...] = ()
+    #: Set on the request's last message only: ``"ok"`` or ``"error:<message>"``.
+    status: str | None = None
 
 
 @attrs.frozen
@@ -220,11 +225,16 @@ def encode_request(req_id: int, cmd: str, params: str, tensors: Iterable[tuple[s
     return [head, *frames]
 
 
-def encode_response(req_id: int, cmd: str, params: str, tensors: Iterable[tuple[str, Any]] = ()) -> Frames:
-    """Frames of one response; tensor data frames are zero-copy views of the arrays."""
+def encode_response(
+    req_id: int, cmd: str, params: str, tensors: Iterable[tuple[str, Any]] = (), status: str | None = None
+) -> Frames:
+    """Frames of one response (``status`` set: the request's last message); tensor
+    data frames are zero-copy views of the arrays."""
     tags, frames = _tensor_frames(tensors)
-    head = json_codec.encode({"id": req_id, "kind": "response", "cmd": cmd, "params": params, "tensors": tags})
-    return [head, *frames]
+    body: dict[str, Any] = {"id": req_id, "kind": "response", "cmd": cmd, "params": params, "tensors": tags}
+    if status is not None:
+        body["status"] = status
+    return [json_codec.encode(body), *frames]
 
 
 def encode_done(req_id: int | None, status: str) -> Frames:
@@ -312,10 +322,14 @@ def decode_reply(frames: Sequence[Any], *, max_tensors: int = MAX_TENSORS) -> Re
             raise SessionProtocolError("a done message has one frame")
         return Done(req_id, _field(body, "status", str))
     if kind == "response":
+        status = body.get("status")
+        if status is not None and not isinstance(status, str):
+            raise SessionProtocolError('header "status" must be a string')
         return Response(
             _field(body, "id", int),
             _field(body, "cmd", str, ""),
             _field(body, "params", str, ""),
             _tensors(body, buffers[1:], max_tensors),
+            status,
         )
     raise SessionProtocolError(f"unknown reply kind {kind!r}")
