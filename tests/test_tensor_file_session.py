@@ -24,7 +24,6 @@ from switchyard.transports.file_session import (
     resolve_session_root,
 )
 from switchyard.transports.file_session_client import DEFAULT_SCRIPT, PythonSession
-from switchyard.transports.tsr_file import save_tsr
 
 
 class DemoServer(TensorSessionServer):

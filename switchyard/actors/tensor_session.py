@@ -24,7 +24,6 @@ runs a command without any socket and answers a :class:`TensorReply`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from switchyard.protocols.tensor_session import (
     request_id_of,
 )
 from switchyard.runtime import Actor
-from switchyard.transports.file_session import SessionError, TensorSessionServer
+from switchyard.transports.file_session import SessionError, load_server_class
 from switchyard.transports.zmq_bridges import EndpointConfig, RouterStreamServer
 
 __all__ = ["TensorCommand", "TensorReply", "TensorSessionActor", "TensorSessionConfig"]
@@ -82,17 +81,6 @@ class TensorReply:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-
-def load_server_class(spec: str) -> type[TensorSessionServer]:
-    """The TensorSessionServer subclass named ``"module:Class"`` (the base for ``""``)."""
-    if not spec:
-        return TensorSessionServer
-    module_name, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr or "", None)
-    if not (isinstance(cls, type) and issubclass(cls, TensorSessionServer)):
-        raise ValueError(f"server {spec!r} is not a module:Class naming a TensorSessionServer subclass")
-    return cls
 
 
 class _FrameExchange:

@@ -53,7 +53,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,6 +80,7 @@ __all__ = [
     "TechRenaissanceServer",
     "TensorExchange",
     "TensorSessionServer",
+    "load_server_class",
     "main",
     "resolve_session_root",
     "session_dir",
@@ -574,13 +574,14 @@ def resolve_session_root(explicit: str | os.PathLike[str] | None = None, script:
     return Path.cwd() / "workspace" / "python_session"
 
 
-def _load_class(spec: str) -> Callable[..., TensorSessionServer]:
+def load_server_class(spec: str) -> type[TensorSessionServer]:
+    """The TensorSessionServer subclass named ``"module:Class"`` (the base class for ``""``)."""
+    if not spec:
+        return TensorSessionServer
     module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise SystemExit(f"--server wants module:Class, got {spec!r}")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls = getattr(importlib.import_module(module_name), attr, None) if attr else None
     if not (isinstance(cls, type) and issubclass(cls, TensorSessionServer)):
-        raise SystemExit(f"{spec} is not a TensorSessionServer subclass")
+        raise ValueError(f"{spec!r} is not a module:Class naming a TensorSessionServer subclass")
     return cls
 
 
@@ -604,7 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cls = _load_class(args.server) if args.server else TensorSessionServer
+    try:
+        cls = load_server_class(args.server or "")
+    except (ImportError, ValueError) as exc:
+        parser.error(f"--server: {exc}")
     server = cls(debug=args.debug, root=resolve_session_root(args.root), use_inotify=not args.poll)
     return server.run(args.session_id)
 
