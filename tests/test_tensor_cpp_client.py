@@ -1,9 +1,12 @@
-"""A real C++17 client, compiled here, plays Tech Renaissance's PythonSession file steps.
+"""Real C++17 clients, compiled here.
 
-tests/cpp/tensor_session_client.cpp copies the C++ client's logic (tmp-then-rename
-requests, ``<tag>.tsr`` inputs, 32 ms back-off polling for ``response.json``, the
-naive ``"params":`` scan, reading ``r.tsr``) and launches the server the way the
-original does: ``std::system("python3 \\"<script>\\" <id> &")``.
+tests/cpp/tensor_session_client.cpp plays Tech Renaissance's PythonSession file steps
+(tmp-then-rename requests, ``<tag>.tsr`` inputs, 32 ms back-off polling for
+``response.json``, the naive ``"params":`` scan, reading ``r.tsr``) and launches the
+server the way the original does: ``std::system("python3 \\"<script>\\" <id> &")``.
+
+tests/cpp/tensor_zmq_client.cpp is a cppzmq DEALER speaking to the ZeroMQ tensor
+session actor with TSR header + data frames.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ from pathlib import Path
 
 import pytest
 
+import trio
+
+from switchyard.actors.tensor_session import TensorSessionActor, TensorSessionConfig
+from switchyard.testing import ipc_endpoint, run_system
 from switchyard.transports.file_session_client import DEFAULT_SCRIPT
 
 CPP_SOURCE = Path(__file__).parent / "cpp" / "tensor_session_client.cpp"
+CPP_ZMQ_SOURCE = Path(__file__).parent / "cpp" / "tensor_zmq_client.cpp"
 
 DEMO_SERVER = '''\
 import sys
@@ -106,3 +114,31 @@ def test_cpp_client_against_a_subclassed_server(cpp_client, tmp_path):
     ):
         assert line in out, out
     assert "ALL PASSED 0" in out
+
+
+@pytest.fixture(scope="module")
+def cpp_zmq_client(tmp_path_factory) -> Path:
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed (CI installs it)")
+    if not any(Path(d, "zmq.hpp").exists() for d in ("/usr/include", "/usr/local/include")):
+        pytest.skip("cppzmq headers (zmq.hpp) not installed (CI installs cppzmq-dev)")
+    out = tmp_path_factory.mktemp("cppzmq") / "tensor_zmq_client"
+    result = subprocess.run(
+        [gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(CPP_ZMQ_SOURCE), "-lzmq"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+async def test_cpp_zmq_client_against_the_actor(cpp_zmq_client):
+    endpoint = ipc_endpoint()
+    async with run_system("tensor-cpp") as system:
+        await system.spawn(TensorSessionActor, name="tensor", config=TensorSessionConfig(endpoint=endpoint))
+        with trio.fail_after(60):
+            result = await trio.run_process([str(cpp_zmq_client), endpoint], capture_stdout=True,
+                                            capture_stderr=True, check=False)
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "PASS matmul 4x3 @ 3x5 = 9.0" in out and "ALL PASSED 0" in out
