@@ -145,6 +145,17 @@ async def test_bad_input_sets_error_status_and_server_keeps_serving(tmp_path, pr
         assert client.status() == "ready"
 
 
+async def test_an_unreadable_request_is_reported_once_and_the_server_waits(tmp_path):
+    async with serving(tmp_path) as (client, directory):
+        (directory / "request.json").mkdir()  # nobody can read that
+        with trio.fail_after(5):
+            while not client.status().startswith("error:"):
+                await trio.sleep(0.01)
+        assert "cannot read request.json" in client.status()
+        (directory / "request.json").rmdir()
+        assert await call(client.fetch_response, "hello after") == "Hello After"
+
+
 async def test_oversized_request_is_refused(tmp_path):
     server = DemoServer(root=tmp_path, max_request_bytes=100)
     async with serving(tmp_path, server) as (client, _):

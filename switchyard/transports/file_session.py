@@ -407,6 +407,7 @@ class _FileSession:
         self.watcher: DirectoryWatcher | None = None
         self.scope: trio.CancelScope | None = None
         self.pending_inode: int | None = None  # request.json being handled, not yet removed
+        self.unreadable_inode: int | None = None  # a request.json we could not read (reported once)
         self.in_error = False
         self.exiting = False
 
@@ -425,7 +426,10 @@ class _FileSession:
             return  # the client removed the session: nobody to tell
         if not force and self.read_status() == "exit":
             return  # never overwrite the client's exit request
-        _atomic_write(self.status, text.encode("utf-8"))
+        try:
+            _atomic_write(self.status, text.encode("utf-8"))
+        except OSError as exc:  # disk full, directory vanishing: keep serving regardless
+            log.warning("tensor session %s: cannot write status %r: %s", self.server.session_id, text, exc)
 
     def exit_requested(self) -> bool:
         return (
@@ -455,12 +459,17 @@ class _FileSession:
                         break
 
     def _read_request(self) -> bytes | None:
+        """request.json's bytes (up to the limit + 1), or None if there is none to read."""
         try:
             fd = os.open(self.request, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            return self._unreadable(exc)
         try:
-            self.pending_inode = os.fstat(fd).st_ino
+            inode = os.fstat(fd).st_ino
+            if inode == self.unreadable_inode:
+                return None  # reported already; wait for the client to replace it
             limit = self.server.max_request_bytes
             chunks, size = [], 0
             while size <= limit:
@@ -469,9 +478,24 @@ class _FileSession:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+            self.pending_inode = inode
             return b"".join(chunks)
+        except OSError as exc:  # e.g. request.json is a directory
+            return self._unreadable(exc, inode)
         finally:
             os.close(fd)
+
+    def _unreadable(self, exc: OSError, inode: int | None = None) -> None:
+        if inode is None:
+            try:
+                inode = os.stat(self.request).st_ino
+            except OSError:
+                return None
+        if inode != self.unreadable_inode:
+            self.unreadable_inode = inode
+            log.warning("tensor session %s: cannot read %s: %s", self.server.session_id, self.request, exc)
+            self._record(error_status(f"cannot read {REQUEST}: {exc.strerror or exc}"))
+        return None
 
     def consume_request(self) -> None:
         """Remove request.json if it still is the one being handled."""
