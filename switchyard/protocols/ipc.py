@@ -148,7 +148,7 @@ class Message:
     @classmethod
     def from_wire(cls, body: Any) -> Message:
         """Validate a decoded body; raises :class:`BadMessage` naming what is wrong."""
-        if not isinstance(body, Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):
             raise BadMessage(f"a message must be a map/object, not {type(body).__name__}")
         raw_id = body.get("id", "")
         raw_method = body.get("method", "")

@@ -18,6 +18,7 @@ What a caller may rely on:
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -26,9 +27,39 @@ from switchyard.protocols.codec import Codec, json_codec
 from switchyard.protocols.ipc import BadMessage, IpcProtocolError, Message
 from switchyard.protocols.ipc_framing import FrameTooLarge, MessageReader, encode_frame
 
-__all__ = ["FramedConnection"]
+__all__ = ["HANDED_OFF", "FramedConnection"]
 
 RECEIVE_SIZE = 1 << 16
+#: What :meth:`FramedConnection.read_loop` returns when ``on_message`` handed the
+#: reading role to another task.
+HANDED_OFF = "handed off"
+
+
+class _SendGate:
+    """A FIFO mutex for writers: free to take and release when nobody waits.
+
+    ``trio.Lock`` costs about as much as encoding a small message on every send;
+    this is the same parking-lot hand-over without the ownership bookkeeping.
+    Take it with ``if gate.busy: await gate.wait_turn() else: gate.busy = True``.
+    """
+
+    __slots__ = ("busy", "_lot")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def wait_turn(self) -> None:
+        # release() hands the gate straight to the task it unparks (busy stays
+        # True), so no third task can slip in between. A cancelled waiter is
+        # simply removed from the lot and never owns the gate.
+        await self._lot.park()
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self.busy = False
 
 
 class FramedConnection:
@@ -48,7 +79,8 @@ class FramedConnection:
         #: Set while the owner deliberately stops reading (backpressure); silence
         #: then is ours, not the peer's, so keepalive does not count it.
         self.paused = False
-        self._send_lock = trio.Lock()
+        self._send_gate = _SendGate()
+        self._fd = stream.socket.fileno()
         self._ping_ids = itertools.count(1)
         self._pings: dict[str, trio.Event] = {}
 
@@ -63,17 +95,39 @@ class FramedConnection:
         await self.send_frame(encode_frame(message, self.codec, self.max_frame_size))
 
     async def send_frame(self, frame: bytes) -> None:
-        async with self._send_lock:
+        """Write one encoded frame.
+
+        Fast path: when the lock is free and the socket buffer has room, the frame
+        is written with one non-blocking ``os.write`` and no trip through the
+        scheduler (this is the hot path of every request, and Trio's ``send_all``
+        would add a checkpoint). Otherwise the rest goes through ``send_all``.
+        """
+        gate = self._send_gate
+        if gate.busy:
+            await gate.wait_turn()
+        else:
+            gate.busy = True
+        try:
             if self.closed:
                 raise trio.ClosedResourceError(f"connection {self.label} is closed")
             # Raise a pending cancellation before any byte is written, so that the
-            # except clause below only sees writes that may really be partial.
+            # except clauses below only see writes that may really be partial.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                await self.stream.send_all(frame)
-            except BaseException:
+                sent = os.write(self._fd, frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
                 self.close()
-                raise
+                raise trio.BrokenResourceError(f"connection {self.label}: {exc}") from exc
+            if sent < len(frame):
+                try:
+                    await self.stream.send_all(memoryview(frame)[sent:])
+                except BaseException:
+                    self.close()
+                    raise
+        finally:
+            gate.release()
         self.messages_out += 1
 
     def close(self) -> None:
@@ -86,22 +140,18 @@ class FramedConnection:
 
     async def read_loop(
         self,
-        on_message: Callable[[Message], Awaitable[None]],
+        on_message: Callable[[Message], Awaitable[bool | None]],
         on_bad: Callable[[IpcProtocolError], Awaitable[None]],
     ) -> str:
-        """Read until the connection ends; returns why (for logs)."""
+        """Read until the connection ends; returns why (for logs).
+
+        If ``on_message`` returns true, this task has given the reading role away
+        (it goes on with other work) and :data:`HANDED_OFF` is returned; whoever
+        took the role calls ``read_loop`` again and continues with the buffered bytes.
+        """
         stream, reader = self.stream, self.reader
         while True:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                return "closed" if self.closed else f"reset ({exc.__cause__ or exc})"
-            if not data:
-                if reader.buffered:
-                    return f"closed by peer in the middle of a frame ({reader.buffered} bytes unread)"
-                return "closed by peer"
-            self.last_received = trio.current_time()
-            reader.receive_data(data)
+            # Drain first: a handshake may have left messages in the buffer.
             while True:
                 try:
                     message = reader.next_message()
@@ -114,7 +164,18 @@ class FramedConnection:
                 if message is None:
                     break
                 self.messages_in += 1
-                await on_message(message)
+                if await on_message(message):
+                    return HANDED_OFF
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                return "closed" if self.closed else f"reset ({exc.__cause__ or exc})"
+            if not data:
+                if reader.buffered:
+                    return f"closed by peer in the middle of a frame ({reader.buffered} bytes unread)"
+                return "closed by peer"
+            self.last_received = trio.current_time()
+            reader.receive_data(data)
 
     async def answer_heartbeat(self, message: Message) -> None:
         """Answer a ping with a pong, or wake whoever waits for this pong."""
@@ -146,11 +207,12 @@ class FramedConnection:
         """Ping when idle for ``interval``; return once the peer is silent for ``timeout``."""
         last_ping = -float("inf")
         while True:
-            now = trio.current_time()
             if self.paused:
+                # Not reading: pongs would sit unread, so neither ping nor judge.
                 await trio.sleep(min(interval, timeout) / 2)
-                self.last_received = max(self.last_received, trio.current_time() - interval)
+                self.last_received = trio.current_time()
                 continue
+            now = trio.current_time()
             silent = now - self.last_received
             if silent >= timeout:
                 return f"peer silent for {silent:.1f} s (heartbeat timeout {timeout:g} s)"
@@ -160,5 +222,5 @@ class FramedConnection:
                     await self.send(Message.ping(f"hb-{next(self._ping_ids)}"))
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     return "closed"
-            wake = min(self.last_received + interval, self.last_received + timeout, last_ping + interval)
-            await trio.sleep(max(wake - trio.current_time(), 0.01))
+            next_ping = max(self.last_received, last_ping) + interval
+            await trio.sleep_until(min(next_ping, self.last_received + timeout))
