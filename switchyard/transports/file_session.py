@@ -64,6 +64,7 @@ from switchyard.protocols.tensor_session import (
     Request,
     SessionProtocolError,
     error_status,
+    failed_command_status,
     parse_request,
     render_response,
     result_tags,
@@ -293,7 +294,7 @@ class TensorSessionServer:
             call.fail(str(exc) or type(exc).__name__)
         else:
             if not ok:
-                call.fail(f"Failed to process command {request.cmd}")
+                call.fail(failed_command_status(request.cmd).removeprefix("error:"))
         finally:
             _CURRENT.reset(token)
         if call.error is not None:
