@@ -228,6 +228,7 @@ def main() -> None:
     try:
         copy = _copy_bench()
         files = _file_bench(root)
+        fs_type = _fs_type(root)
         zmq_results = _zmq_bench(tmp)
         raw_zmq = _raw_zmq_bench(tmp)
     finally:
@@ -251,8 +252,7 @@ def main() -> None:
         f"{RUNS} runs (file exchanges interleaved run by run, likewise the ZeroMQ ones); samples pooled for "
         f"p50/p99 ({TEXT_N} text, {MB1_N} x 1 MiB per run; 64 MiB: {MB64_N} per run x {MB64_RUNS} runs, so its "
         f"p99 is the maximum; C++ back-off: {CPP_N} per run; ZeroMQ: {ZMQ_TEXT_N} text, {ZMQ_MB1_N} x 1 MiB "
-        "per run). Session files on {root.parent if args.root else 'the temp dir'} "
-        f"({_fs_type(root)}). \"vs numpy copy\" = copy time / exchange time for the same bytes; an exchange moves "
+        f"per run). Session files on {root if args.root else 'the temp dir'} ({fs_type}). \"vs numpy copy\" = copy time / exchange time for the same bytes; an exchange moves "
         "them there and back. The original Python server's own 32 ms polling floor is not run here (it needs torch); "
         "an unmodified C++ client still polls at 32 ms, so its floor stays ~32 ms whatever the server does: "
         "use the ZeroMQ path for real latency."
