@@ -205,8 +205,8 @@ class RobotWorkerActor(Actor):
                 if copied:
                     self.log.info("current/ was empty: copied the default project")
                     await self._replace_process("default project copied")
-            if self._worker is None:
-                await self._spawn()
+            if self._worker is None or self._worker.exited.is_set():
+                await self._replace_process("the previous process is gone")
             worker = self._worker
             assert worker is not None
             outcome = await self._call(worker, {"command": command, "data": data, "params": params},
@@ -239,8 +239,11 @@ class RobotWorkerActor(Actor):
             with trio.move_on_after(timeout) as timer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_when, worker.exited, nursery.cancel_scope)
-                    await worker.req.send(body)
-                    raw = await worker.req.recv()
+                    try:
+                        await worker.req.send(body)
+                        raw = await worker.req.recv()
+                    except trio.ClosedResourceError:
+                        pass  # the process is gone and its socket closed with it
                     nursery.cancel_scope.cancel()
         finally:
             worker.busy = False
@@ -252,7 +255,7 @@ class RobotWorkerActor(Actor):
             if not isinstance(reply, dict) or reply.get("status") not in ("success", "error"):
                 return _Outcome(ack("error", "worker sent a reply without a status"))
             return _Outcome(ack(reply["status"], str(reply.get("message", "")), reply.get("data")))
-        if worker.exited.is_set():
+        if worker.exited.is_set() or worker.req.closed:
             return _Outcome(crashed=True)
         return _Outcome(timed_out=timer.cancelled_caught)
 

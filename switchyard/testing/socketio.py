@@ -1,4 +1,4 @@
-"""Hypothesis strategies for Engine.IO 4 and Socket.IO 5 packets.
+"""Hypothesis strategies for Engine.IO 4 and Socket.IO 5 packets, and a robot app for tests.
 
 ``json_values(binary=True)`` adds ``bytes`` leaves, which Socket.IO carries as binary
 attachments. Generated objects never use the ``_placeholder`` key (a real payload
@@ -8,11 +8,19 @@ Socket.IO implementation) and strings hold no lone surrogates (the wire is UTF-8
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
 from switchyard.protocols import engineio, socketio
+from switchyard.runtime import System
+from switchyard.testing.ports import free_tcp_port
+from switchyard.testing.system import run_system
 
 __all__ = [
     "json_text",
@@ -22,6 +30,8 @@ __all__ = [
     "socketio_namespaces",
     "socketio_packets",
     "socketio_event_names",
+    "project_zip",
+    "open_robot_app",
 ]
 
 json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -93,3 +103,39 @@ def socketio_packets(draw: st.DrawFn, *, binary: bool = True) -> socketio.Packet
         return socketio.Packet(kind, nsp, data, draw(_ids))
     data = draw(st.lists(values, max_size=4))
     return socketio.Packet(T.ACK, nsp, data, draw(st.integers(min_value=0, max_value=10**15 - 1)))
+
+
+# -- running the robot app in a test -------------------------------------------------
+
+
+def project_zip(files: dict[str, str | bytes], *, folder: str = "") -> bytes:
+    """A project ZIP holding ``files`` (path -> content), optionally under ``folder/``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(f"{folder}/{name}" if folder else name, content)
+    return buf.getvalue()
+
+
+@asynccontextmanager
+async def open_robot_app(
+    storage_root: str | Path,
+    *,
+    bridge: dict[str, Any] | None = None,
+    worker: dict[str, Any] | None = None,
+    grace_period: float = 2.0,
+) -> AsyncIterator[tuple[System, int]]:
+    """Run the robot worker and the Socket.IO bridge on a free loopback port.
+
+    Yields ``(system, port)``; clients connect to ``http://127.0.0.1:<port>``.
+    ``bridge`` / ``worker`` override config keys of the two actors.
+    """
+    from switchyard.actors.robot_worker import RobotWorkerActor
+    from switchyard.actors.socketio_bridge import SocketIOBridgeActor
+
+    port = free_tcp_port()
+    async with run_system("robot-test", grace_period=grace_period) as system:
+        await system.spawn(RobotWorkerActor, name="robot_worker",
+                           config={"storage_root": str(storage_root), **(worker or {})})
+        await system.spawn(SocketIOBridgeActor, name="socketio_bridge", config={"port": port, **(bridge or {})})
+        yield system, port
