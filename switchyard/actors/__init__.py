@@ -11,4 +11,6 @@ KINDS: dict[str, str] = {
     "tensor_session": "switchyard.actors.tensor_session:TensorSessionActor",
     "socketio_bridge": "switchyard.actors.socketio_bridge:SocketIOBridgeActor",
     "robot_worker": "switchyard.actors.robot_worker:RobotWorkerActor",
+    "ipc_server": "switchyard.actors.ipc_bridge:IpcServerActor",
+    "ipc_proxy": "switchyard.actors.ipc_bridge:IpcProxyActor",
 }

@@ -163,6 +163,7 @@ async def _clear_stale(path: str) -> None:
 async def _bind_unix(path: str, backlog: int) -> tuple[trio.socket.SocketType, tuple[int, int]]:
     """Bind and listen on ``path`` owner-only; returns the socket and its (dev, inode)."""
     parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, mode=0o700, exist_ok=True)  # an existing directory is left as it is
     await _clear_stale(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

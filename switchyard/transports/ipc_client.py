@@ -321,6 +321,20 @@ class SocketClient:
             return self.connected
         return await self._nursery.start(self._manage, max_retries)
 
+    def start_connecting(self) -> None:
+        """Connect in the background, retrying until it works, and return at once.
+
+        For callers that must not wait for the server (an actor starting before its
+        peer): requests made meanwhile wait for the connection up to their timeout.
+        """
+        if self._nursery is None:
+            raise RuntimeError("use the client as `async with SocketClient(...) as client:` first")
+        if self._closing:
+            raise NotConnected("client is closed")
+        if not self._managing and not self.connected:
+            self._managing = True  # now, so that requests made right away wait
+            self._nursery.start_soon(self._manage, 0)
+
     async def disconnect(self) -> None:
         """Close the connection and stop reconnecting; in-flight requests fail."""
         self._shutdown("disconnected by the client")
@@ -338,7 +352,7 @@ class SocketClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _manage(self, max_retries: int, task_status: trio.TaskStatus[bool]) -> None:
+    async def _manage(self, max_retries: int, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED) -> None:
         backoff = Backoff(*self._backoff_args)
         first = True
         failures = 0

@@ -7,6 +7,7 @@ __all__ = [
     "IpcError",
     "NotConnected",
     "RemoteError",
+    "ReplyError",
     "RequestTimeout",
     "ServerAlreadyRunning",
 ]
@@ -62,3 +63,17 @@ class RemoteError(IpcError):
 
 class ServerAlreadyRunning(IpcError, OSError):
     """Something already answers on the server's Unix socket path or TCP port."""
+
+
+class ReplyError(IpcError):
+    """Raise from a server handler to answer with this error ``code`` and text.
+
+    The server sends ``{"code": code, "message": detail}`` without logging a
+    traceback: this is an answer, not a failure of the handler. The client
+    raises :class:`RemoteError` with the same code.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"[{code}] {detail}")
+        self.code = code
+        self.detail = detail

@@ -19,7 +19,9 @@ or ``await nursery.start(server.serve)`` (returns the bound address) and
 
 * A handler is ``fn(data) -> result``, sync or async; its result is the
   ``response``. An exception becomes an ``error`` reply (code ``handler_error``,
-  text ``"<Type>: <message>"``) and is logged once; the server goes on. An unknown
+  text ``"<Type>: <message>"``) and is logged once; the server goes on. Raise
+  :class:`~switchyard.transports.ipc_errors.ReplyError` to answer with an error
+  code of your own. An unknown
   method gets an ``error`` naming it (code ``unknown_method``). A handler that
   returns an async iterable (e.g. an ``async def`` generator) serves
   ``client.stream(...)``: each item is a ``push`` with the request's id, paced by
@@ -77,6 +79,7 @@ from switchyard.transports.ipc_address import (
     socket_path_for,
 )
 from switchyard.transports.ipc_connection import HANDED_OFF, FramedConnection
+from switchyard.transports.ipc_errors import ReplyError
 
 __all__ = ["RequestContext", "SocketServer", "current_request", "request"]
 
@@ -595,6 +598,8 @@ class SocketServer:
                 raise TypeError(f"method {method!r} streams: call it with client.stream()")
             answer = Message(Kind.RESPONSE, message.id, method, result)
             ok = True
+        except ReplyError as exc:
+            answer = message.reply_error(exc.code, exc.detail)
         except Exception as exc:
             self._counters["errors"] += 1
             self.log.exception("handler for %r (connection %s, id %r) failed", method, conn.id, message.id)
@@ -706,6 +711,8 @@ class SocketServer:
                     answer = message.reply_error(ERR_CANCELLED, "cancelled by the client")
             else:
                 answer = Message(Kind.RESPONSE, message.id, method, None)
+        except ReplyError as exc:
+            answer = message.reply_error(exc.code, exc.detail)
         except Exception as exc:
             if conn.framed.closed and isinstance(exc, (trio.ClosedResourceError, trio.BrokenResourceError)):
                 return  # the client went away mid-stream; nobody to answer
