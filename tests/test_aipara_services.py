@@ -157,6 +157,26 @@ async def test_bad_requests_get_one_error_reply_and_change_nothing():
             client.close()
 
 
+async def test_newer_dealer_clients_on_the_rime_port_get_the_same_replies():
+    """Newer plugin builds use a DEALER with single-frame requests on this port."""
+    async with open_system("t", grace_period=1) as system:
+        ref, endpoint = await start_rime(system)
+        client = AiClient(endpoint, identity=b"rime-cpp-9-rime", timeout_ms=1000)  # a DEALER set up like the client
+        try:
+            await in_thread(client.send, STATE)
+            first = await in_thread(client.recv)
+            await ref.ask(QueueCommand(SetOption("dealer", True), "rime-cpp-9-rime"))
+            await in_thread(client.send, b"{bad")
+            bad = await in_thread(client.recv)
+            await in_thread(client.send, STATE)
+            second = await in_thread(client.recv)
+        finally:
+            client.close()
+        assert first["response"] == "rime_state_received" and first["client_id"] == "rime-cpp-9-rime"
+        assert bad["response"] == "error" and "malformed JSON" in bad["error"]
+        assert [c["option_name"] for c in second["command_messege"]] == ["dealer"]
+
+
 async def test_many_clients_at_once_each_get_their_own_replies():
     async with open_system("t", grace_period=1) as system:
         ref, endpoint = await start_rime(system)
@@ -349,6 +369,20 @@ async def test_chat_on_local_is_a_clear_error():
     assert len(replies) == 1
     reply = replies[0]
     assert reply["status"] == "error" and reply["response_key"] == "k" and "no chat model configured" in reply["error_msg"]
+
+
+async def test_oversized_ai_request_gets_one_error_reply():
+    async with open_system("t", grace_period=1) as system:
+        _, endpoint = await start_ai(system, max_message_size=256)
+        client = AiClient(endpoint)
+        try:
+            await in_thread(client.send, convert("ni" * 200))
+            reply = await in_thread(client.recv)
+            with pytest.raises(TimeoutError):
+                await in_thread(client.recv, 300)
+        finally:
+            client.close()
+    assert reply["status"] == "error" and reply["is_final"] and "exceeds the limit of 256 bytes" in reply["error"]
 
 
 async def test_commits_become_prompt_context():

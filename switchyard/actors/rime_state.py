@@ -2,7 +2,8 @@
 
 Each IME client sends its state (``state``), what it committed (``commit``), a
 command (``command``, e.g. ``paste``) or a pong, and waits at most 100 ms for exactly
-one reply. The actor serves any number of clients at once through a ROUTER
+one reply. Clients may use REQ (as PEERS.md describes) or, like newer plugin builds,
+a DEALER sending single frames; both get the same replies. The actor serves any number of clients at once through a ROUTER
 (:class:`~switchyard.transports.zmq_bridges.ReqRepServer`), keeps every client's
 state, and answers each request with the commands queued for that client
 (``command_messege``), drained in order. Malformed requests get an error reply in
@@ -47,7 +48,7 @@ from switchyard.protocols.aipara import (
 from switchyard.protocols.codec import json_codec
 from switchyard.protocols.rime_state import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
 from switchyard.runtime import Actor, ActorRef
-from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
+from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, PeerGone, ReqRepServer
 from switchyard.transports.zmq_curve import CurveConfig, authenticator_for, curve_server_options, load_curve_keys
 
 __all__ = [
@@ -79,8 +80,9 @@ class RimeStateConfig:
     #: Seconds after which a silent client (and its outbox) is forgotten.
     client_ttl: float = 24 * 3600.0
     expire_interval: float = 60.0
-    #: Bound on one request's handling; the client gives up after 100 ms.
-    request_timeout: float = 0.08
+    #: Bound on one request's handling (0 = none). The handler never waits on
+    #: anything (state lives in this actor), so the default adds no timer per request.
+    request_timeout: float = 0.0
     max_concurrent: int = 1024
     max_subscribers: int = 64
     sndhwm: int = 1000
@@ -128,19 +130,38 @@ class Unsubscribe:
 _identity: contextvars.ContextVar[bytes] = contextvars.ContextVar("rime_state_identity", default=b"")
 
 
-class _IdentifyingReqRepServer(ReqRepServer):
-    """A ReqRepServer whose handler can see which client sent the request.
+class _RimeServer(ReqRepServer):
+    """The REQ/REP bridge, plus two things the Rime channel needs.
 
-    The bridge hands handlers only the body; per-client state needs the ROUTER
-    routing id (frame 0). Each request runs in its own task, so a context variable
-    set here is the handler's alone.
+    * The handler learns which client sent the request: per-client state needs the
+      ROUTER routing id (frame 0), and the bridge hands handlers only the body. Each
+      request runs in its own task, so a context variable set here is its alone.
+    * Newer aipara clients talk to this port from a DEALER (no empty delimiter frame:
+      ``[identity, body]``). They get the same one reply, as ``[identity, reply]``;
+      REQ clients (``[identity, b"", body]``) go through the bridge unchanged.
     """
 
     async def _dispatch(self, frames: list[Any]) -> None:
-        if frames:
-            first = frames[0]
-            _identity.set(first.bytes if hasattr(first, "bytes") else bytes(first))
-        await super()._dispatch(frames)
+        identity = frames[0].bytes if frames else b""
+        _identity.set(identity)
+        if len(frames) == 2 and len(frames[1].buffer) > 0:
+            await self._dispatch_dealer(identity, frames[1])
+        else:
+            await super()._dispatch(frames)
+
+    async def _dispatch_dealer(self, identity: bytes, frame: Any) -> None:
+        self.stats["requests"] += 1
+        body = frame.bytes
+        try:
+            self._check_size([frame])
+            reply = await self.handler(body)
+        except Exception as exc:
+            self.stats["errors"] += 1
+            reply = self.error_reply(exc, body)
+        try:
+            await self._send([identity, reply])
+        except PeerGone:
+            self.log.info("client left before its reply was sent")
 
 
 def _now_ms() -> int:
@@ -174,7 +195,7 @@ class RimeStateActor(Actor):
             max_concurrent=cfg.max_concurrent,
             socket_extra=extra,
         )
-        self.server = _IdentifyingReqRepServer(
+        self.server = _RimeServer(
             endpoint, self._serve_request, error_reply=self._error_reply, name=f"{self.name}.reqrep", logger=self.log
         )
         self.endpoint = await self.nursery.start(self.server.serve)

@@ -148,10 +148,40 @@ class UnknownClient(KeyError):
         return f"unknown client {self.args[0]!r}"
 
 
-@attrs.define
+@attrs.define(slots=True)
 class _Client:
-    state: ClientState
-    outbox: deque[dict[str, Any]] = attrs.field(factory=deque)
+    """The live, mutable record behind :class:`ClientState` snapshots."""
+
+    client_id: str
+    last_seen: float
+    is_composing: bool | None = None
+    switches: dict[str, SwitchOption] = attrs.Factory(dict)
+    properties: dict[str, Any] = attrs.Factory(dict)
+    current_app: str = ""
+    last_commit_text: str = ""
+    last_commit_pinyin: str = ""
+    client_timestamp: int | None = None
+    last_seen_ms: int = 0
+    requests: int = 0
+    bad_requests: int = 0
+    outbox: deque[dict[str, Any]] = attrs.Factory(deque)
+
+    def snapshot(self) -> ClientState:
+        return ClientState(
+            client_id=self.client_id,
+            is_composing=self.is_composing,
+            switches=tuple(self.switches.values()),
+            properties=dict(self.properties),
+            current_app=self.current_app,
+            last_commit_text=self.last_commit_text,
+            last_commit_pinyin=self.last_commit_pinyin,
+            client_timestamp=self.client_timestamp,
+            last_seen=self.last_seen,
+            last_seen_ms=self.last_seen_ms,
+            requests=self.requests,
+            bad_requests=self.bad_requests,
+            pending_commands=len(self.outbox),
+        )
 
 
 @attrs.define
@@ -174,33 +204,35 @@ class RimeStateBook:
         if isinstance(request, BadRequest):
             entry = self._clients.get(client_id)
             if entry is not None:
-                entry.state = attrs.evolve(entry.state, bad_requests=entry.state.bad_requests + 1)
+                entry.bad_requests += 1
             return Handled(reply=error_response(client_id=client_id, reason=request.reason, timestamp_ms=wall_ms))
 
         evicted = self._ensure(client_id, now)
         entry = self._clients[client_id]
         self._clients.move_to_end(client_id)
-        state = entry.state
-        events: list[RimeEvent] = []
-        changes: dict[str, Any] = {"last_seen": now, "last_seen_ms": wall_ms, "requests": state.requests + 1}
+        entry.last_seen = now
+        entry.last_seen_ms = wall_ms
+        entry.requests += 1
+        events: tuple[RimeEvent, ...] = ()
 
         if isinstance(request, StateReport):
             if request.is_composing is not None:
-                changes["is_composing"] = request.is_composing
-            if request.switches:
-                changes["switches"] = _merge_switches(state.switches, request.switches)
+                entry.is_composing = request.is_composing
+            for switch in request.switches:
+                # Newer values win per name; switches the client stopped reporting stay known.
+                entry.switches[switch.name] = switch
             if request.properties:
-                changes["properties"] = {**state.properties, **request.properties}
+                entry.properties.update(request.properties)
             if request.timestamp is not None:
-                changes["client_timestamp"] = request.timestamp
+                entry.client_timestamp = request.timestamp
+            found: list[RimeEvent] = []
             if request.commit is not None:
                 commit = request.commit
-                changes.update(
-                    current_app=commit.current_app or state.current_app,
-                    last_commit_text=commit.text,
-                    last_commit_pinyin=commit.pinyin,
-                )
-                events.append(
+                if commit.current_app:
+                    entry.current_app = commit.current_app
+                entry.last_commit_text = commit.text
+                entry.last_commit_pinyin = commit.pinyin
+                found.append(
                     CommitEvent(
                         client_id=client_id,
                         text=commit.text,
@@ -211,22 +243,21 @@ class RimeStateBook:
                     )
                 )
             if request.command is not None:
-                events.append(_command_event(client_id, request.command, wall_ms))
+                found.append(_command_event(client_id, request.command, wall_ms))
+            events = tuple(found)
         elif isinstance(request, ClientCommand):
             if request.timestamp is not None:
-                changes["client_timestamp"] = request.timestamp
-            events.append(_command_event(client_id, request, wall_ms))
+                entry.client_timestamp = request.timestamp
+            events = (_command_event(client_id, request, wall_ms),)
         else:
             assert isinstance(request, Pong)
 
         commands = list(entry.outbox)
         entry.outbox.clear()
-        changes["pending_commands"] = 0
-        entry.state = attrs.evolve(state, **changes)
         reply = command_response(
             client_id=client_id, commands=commands, timestamp_ms=wall_ms, response=response_name(request)
         )
-        return Handled(reply=reply, events=tuple(events), delivered=len(commands), evicted=evicted)
+        return Handled(reply=reply, events=events, delivered=len(commands), evicted=evicted)
 
     # -- commands -----------------------------------------------------------------
 
@@ -242,7 +273,6 @@ class RimeStateBook:
         if len(entry.outbox) >= self.max_outbox:
             raise OutboxFull(client_id, self.max_outbox)
         entry.outbox.append(command_to_wire(command, wall_ms))
-        entry.state = attrs.evolve(entry.state, pending_commands=len(entry.outbox))
 
     def enqueue_all(self, command: OutboxCommand, *, wall_ms: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Queue ``command`` for every known client: ``(queued_for, refused_full)``."""
@@ -261,11 +291,11 @@ class RimeStateBook:
 
     def client(self, client_id: str) -> ClientState | None:
         entry = self._clients.get(client_id)
-        return entry.state if entry is not None else None
+        return entry.snapshot() if entry is not None else None
 
     def clients(self) -> tuple[ClientState, ...]:
         """Every known client, least recently seen first."""
-        return tuple(entry.state for entry in self._clients.values())
+        return tuple(entry.snapshot() for entry in self._clients.values())
 
     def pending(self, client_id: str) -> tuple[dict[str, Any], ...]:
         """The commands waiting for ``client_id``, oldest first (copies)."""
@@ -276,7 +306,7 @@ class RimeStateBook:
 
     def expire(self, now: float) -> tuple[str, ...]:
         """Forget clients not seen for ``client_ttl`` seconds (their outboxes go too)."""
-        gone = [cid for cid, entry in self._clients.items() if now - entry.state.last_seen >= self.client_ttl]
+        gone = [cid for cid, entry in self._clients.items() if now - entry.last_seen >= self.client_ttl]
         for cid in gone:
             del self._clients[cid]
         return tuple(gone)
@@ -291,15 +321,8 @@ class RimeStateBook:
         while len(self._clients) >= self.max_clients:
             victim, _ = self._clients.popitem(last=False)
             evicted.append(victim)
-        self._clients[client_id] = _Client(state=ClientState(client_id=client_id, last_seen=now))
+        self._clients[client_id] = _Client(client_id=client_id, last_seen=now)
         return tuple(evicted)
-
-
-def _merge_switches(old: tuple[SwitchOption, ...], new: tuple[SwitchOption, ...]) -> tuple[SwitchOption, ...]:
-    """Newer values win per switch name; switches the client stopped reporting stay known."""
-    merged = {s.name: s for s in old}
-    merged.update({s.name: s for s in new})
-    return tuple(merged.values())
 
 
 def _command_event(client_id: str, command: ClientCommand, wall_ms: int) -> CommandEvent:

@@ -1,0 +1,291 @@
+"""aipara benchmarks.
+
+1. Rime state channel: 16 REQ clients in lockstep (each sends its next state as soon
+   as its reply arrives, 100 ms timeouts like the C++ client) against the
+   ``rime_state`` actor, and against a bare blocking pyzmq REP echo in the same run.
+   Round trips/s and p50/p99 latency. Goals: p99 under 5 ms, throughput >= 0.7x the echo.
+   A diagnostic row runs the same ROUTER bridge with a handler that only echoes,
+   to separate the bridge's own cost from the Rime logic's.
+2. AI channel: 16 DEALER clients each streaming converts (send, read until
+   ``is_final``, next) against the ``ai_stream`` actor on the local backend; streams/s
+   and per-stream latency, against the same conversions done by calling the engine
+   directly in one thread (the CPU work alone, no sockets, no actor).
+
+Servers run in their own process; the clients are one process driving all sockets
+with a poller. Run: ``python -m bench.bench_aipara`` (part of ``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+
+import trio
+import zmq
+
+from bench._stats import fmt, median, p99, ratio, section, table
+from switchyard.testing import free_tcp_endpoint
+from switchyard.testing.aipara import AI_TIMEOUT_MS, RIME_TIMEOUT_MS, configure_like_cpp_client
+
+RUNS = 5
+CLIENTS = 16
+ROUND_TRIPS_PER_CLIENT = 250
+CONVERT_RUNS = 3
+CONVERTS_PER_CLIENT = 12
+PINYIN = [
+    "nihaoshijie", "woaibeijingtiananmen", "zhongguorenmin", "xian", "wozhidaonishishei",
+    "jintiantianqihenhao", "womenyiqiqukanshu", "shurufa", "zhegewentihennan", "mingtianjian",
+]
+STATE = json.dumps(
+    {
+        "messege_type": "state", "is_composing": True, "timestamp": 1753022593756,
+        "switches_option": [{"name": "ascii_punct", "type": "simple", "state": False, "state_index": 0}],
+        "properties": [{"name": "keepon_chat_trigger", "type": "string", "value": ""}],
+    },
+    ensure_ascii=False,
+).encode()
+
+
+# -- servers (own processes) -----------------------------------------------------------
+
+
+def serve_echo(endpoint: str, ready) -> None:
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        sock.send(sock.recv())
+
+
+def serve_actor(kind: str, endpoint: str, ready) -> None:
+    from switchyard.actors.ai_stream import AiStreamActor
+    from switchyard.actors.rime_state import RimeStateActor
+    from switchyard.runtime import open_system
+
+    async def main() -> None:
+        async with open_system("bench", grace_period=1) as system:
+            if kind == "rime_state":
+                await system.spawn(RimeStateActor, name="rime_state", config={"endpoint": endpoint})
+            else:
+                await system.spawn(AiStreamActor, name="ai_stream", config={"endpoint": endpoint, "rime_state": ""})
+            ready.set()
+            await trio.sleep_forever()
+
+    trio.run(main)
+
+
+def serve_bridge_echo(endpoint: str, ready) -> None:
+    """Diagnostic: the ROUTER bridge with a handler that only echoes (its own ceiling)."""
+    from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
+
+    async def echo(body: bytes) -> bytes:
+        return body
+
+    async def main() -> None:
+        server = ReqRepServer(EndpointConfig(endpoint), echo, error_reply=lambda exc, body: b"error")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            ready.set()
+
+    trio.run(main)
+
+
+SERVERS = {
+    "bare blocking pyzmq REP echo (baseline)": (serve_echo, ()),
+    "rime_state actor (ROUTER bridge)": (serve_actor, ("rime_state",)),
+    "diagnostic: bridge with an echo handler": (serve_bridge_echo, ()),
+}
+
+
+def _with_server(target, *args):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(*args, ready), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise RuntimeError(f"{target.__name__}{args} did not start")
+    return proc
+
+
+# -- clients (this process) ---------------------------------------------------------------
+
+
+def _req_lockstep(endpoint: str) -> tuple[float, list[float], int]:
+    """16 REQ sockets, each in lockstep; returns (round trips/s, latencies, timeouts)."""
+    ctx = zmq.Context.instance()
+    poller = zmq.Poller()
+    socks = []
+    for i in range(CLIENTS):
+        sock = configure_like_cpp_client(ctx.socket(zmq.REQ), timeout_ms=RIME_TIMEOUT_MS)
+        sock.setsockopt(zmq.IDENTITY, f"bench-{i}-rime".encode())
+        sock.connect(endpoint)
+        socks.append(sock)
+    for sock in socks:  # warm up: connect and one round trip each
+        for _ in range(20):
+            sock.send(STATE)
+            sock.recv()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    sent_at = {}
+    remaining = {sock: ROUND_TRIPS_PER_CLIENT for sock in socks}
+    latencies: list[float] = []
+    unanswered = 0
+    start = time.perf_counter()
+    for sock in socks:
+        sent_at[sock] = time.perf_counter()
+        sock.send(STATE)
+    active = len(socks)
+    while active:
+        events = dict(poller.poll(1000))
+        now = time.perf_counter()
+        if not events:
+            unanswered = active  # a real client would have given up long ago
+            break
+        for sock in events:
+            sock.recv()
+            latencies.append(now - sent_at[sock])
+            remaining[sock] -= 1
+            if remaining[sock]:
+                sent_at[sock] = time.perf_counter()
+                sock.send(STATE)
+            else:
+                active -= 1
+    elapsed = time.perf_counter() - start
+    timeouts = unanswered + sum(1 for latency in latencies if latency > RIME_TIMEOUT_MS / 1000)
+    for sock in socks:
+        sock.close(linger=0)
+    return len(latencies) / elapsed, latencies, timeouts
+
+
+def _dealer_converts(endpoint: str) -> tuple[float, list[float], int]:
+    """16 DEALER sockets, each running converts back to back; returns
+    (streams/s, per-stream latencies, messages received)."""
+    ctx = zmq.Context.instance()
+    poller = zmq.Poller()
+    socks = []
+    for i in range(CLIENTS):
+        sock = configure_like_cpp_client(ctx.socket(zmq.DEALER), timeout_ms=AI_TIMEOUT_MS)
+        sock.connect(endpoint)
+        socks.append(sock)
+        poller.register(sock, zmq.POLLIN)
+
+    def request(i: int, n: int) -> bytes:
+        return json.dumps({"messege_type": "convert", "confirmed_pos_input": PINYIN[(i + n) % len(PINYIN)],
+                           "stream_mode": True, "timeout": 5.0}).encode()
+
+    done = {sock: 0 for sock in socks}
+    sent_at = {}
+    latencies: list[float] = []
+    messages = 0
+    start = time.perf_counter()
+    for i, sock in enumerate(socks):
+        sent_at[sock] = time.perf_counter()
+        sock.send(request(i, 0))
+    active = len(socks)
+    while active:
+        events = dict(poller.poll(AI_TIMEOUT_MS))
+        if not events:
+            raise RuntimeError("no convert reply within the client's 5 s budget")
+        for sock in events:
+            while True:
+                try:
+                    reply = json.loads(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                messages += 1
+                if reply["is_final"]:
+                    latencies.append(time.perf_counter() - sent_at[sock])
+                    done[sock] += 1
+                    if done[sock] < CONVERTS_PER_CLIENT:
+                        sent_at[sock] = time.perf_counter()
+                        sock.send(request(socks.index(sock), done[sock]))
+                    else:
+                        active -= 1
+    elapsed = time.perf_counter() - start
+    for sock in socks:
+        sock.close(linger=0)
+    return len(latencies) / elapsed, latencies, messages
+
+
+def _direct_engine() -> tuple[float, list[float]]:
+    """The same conversions (words, DAG sentences, HMM re-rank) called directly."""
+    from switchyard.actors.ai_backends.local import LocalBackendConfig, shared_engine
+
+    cfg = LocalBackendConfig()
+    engine = shared_engine(True)
+    latencies = []
+    total = CLIENTS * CONVERTS_PER_CLIENT
+    start = time.perf_counter()
+    for n in range(total):
+        t0 = time.perf_counter()
+        text = PINYIN[n % len(PINYIN)]
+        engine.words(text, cfg.max_words)
+        sentences = engine.sentences(text, cfg.max_sentences)
+        if sentences:
+            engine.hmm_sentences(sentences[0].syllables, cfg.max_sentences, beam=cfg.hmm_beam)
+        latencies.append(time.perf_counter() - t0)
+    return total / (time.perf_counter() - start), latencies
+
+
+def main() -> None:
+    rates: dict[str, list[float]] = {name: [] for name in SERVERS}
+    lats: dict[str, list[float]] = {name: [] for name in SERVERS}
+    timeouts = dict.fromkeys(SERVERS, 0)
+    for _ in range(RUNS):  # interleaved, so drift on the shared box hits all alike
+        for name, (target, args) in SERVERS.items():
+            endpoint = free_tcp_endpoint()
+            proc = _with_server(target, *args, endpoint)
+            try:
+                rate, latencies, lost = _req_lockstep(endpoint)
+            finally:
+                proc.kill()
+                proc.join()
+            rates[name].append(rate)
+            lats[name].extend(latencies)
+            timeouts[name] += lost
+    echo_rate = median(rates["bare blocking pyzmq REP echo (baseline)"])
+    rows = []
+    for name in SERVERS:
+        rows.append([name, fmt(median(rates[name])), f"{median(lats[name]) * 1e3:.2f}", f"{p99(lats[name]) * 1e3:.2f}",
+                     str(timeouts[name]), ratio(median(rates[name]), echo_rate)])
+    body1 = table(["server (16 REQ clients in lockstep, tcp loopback)", "round trips/s (median)", "p50 ms", "p99 ms",
+                   "timeouts (>100 ms)", "vs echo"], rows)
+
+    direct = [_direct_engine() for _ in range(CONVERT_RUNS)]
+    streams: list[tuple[float, list[float], int]] = []
+    for _ in range(CONVERT_RUNS):
+        endpoint = free_tcp_endpoint()
+        proc = _with_server(serve_actor, "ai_stream", endpoint)
+        try:
+            streams.append(_dealer_converts(endpoint))
+        finally:
+            proc.kill()
+            proc.join()
+    direct_rate = median([r for r, _ in direct])
+    stream_rate = median([r for r, _, _ in streams])
+    direct_lat = [x for _, ls in direct for x in ls]
+    stream_lat = [x for _, ls, _ in streams for x in ls]
+    per_stream = sum(m for _, _, m in streams) / sum(len(ls) for _, ls, _ in streams)
+    rows2 = [
+        ["engine called directly, one thread (baseline)", fmt(direct_rate), f"{median(direct_lat) * 1e3:.1f}",
+         f"{p99(direct_lat) * 1e3:.1f}", "", "1.00x"],
+        ["ai_stream actor, 16 DEALER clients, local backend", fmt(stream_rate), f"{median(stream_lat) * 1e3:.1f}",
+         f"{p99(stream_lat) * 1e3:.1f}", f"{per_stream:.1f}", ratio(stream_rate, direct_rate)],
+    ]
+    body2 = table(["convert (10 pinyin strings, words + DAG + HMM)", "converts/s (median)", "p50 ms", "p99 ms",
+                   "messages per stream", "vs direct"], rows2)
+    notes = (
+        f"Rime: {RUNS} runs x {CLIENTS} clients x {ROUND_TRIPS_PER_CLIENT} round trips, servers interleaved; goals "
+        "p99 < 5 ms and >= 0.70x the echo. Convert: "
+        f"{CONVERT_RUNS} runs x {CLIENTS} clients x {CONVERTS_PER_CLIENT} streams; latency is request to is_final, "
+        "so with 16 clients sharing 2 worker threads it includes queueing."
+    )
+    print(section("aipara: Rime state REQ/REP and AI convert streams", "python -m bench.bench_aipara",
+                  body1 + "\n\n" + body2, notes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
