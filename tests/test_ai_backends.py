@@ -38,15 +38,19 @@ class Collect:
     def __init__(self) -> None:
         self.words: list[str] = []
         self.sentences: list[AiCandidate] = []
+        self.ranked: list[AiCandidate] = []
         self.calls = 0
 
     async def cloud(self, words):
         self.calls += 1
         self.words.extend(words)
 
-    async def ai(self, candidates):
+    async def ai(self, candidates, *, ranked=False):
         self.calls += 1
-        self.sentences.extend(candidates)
+        if ranked:  # the best order so far: replaces what came before
+            self.ranked = list(candidates)
+        else:
+            self.sentences.extend(candidates)
 
 
 # -- the engine -----------------------------------------------------------------
@@ -118,9 +122,21 @@ async def test_local_backend_convert_streams_words_then_sentences():
         await backend.convert(ConvertRequest("nihaoshijie"), sink)
     assert sink.calls == 3
     assert sink.words[0] == "你好"
-    values = [c.value for c in sink.sentences]
-    assert values[0] == "你好世界"
-    assert {c.comment_name for c in sink.sentences} == {"pinyin2hanzi DAG", "pinyin2hanzi HMM"}
+    assert [c.value for c in sink.sentences][0] == "你好世界"
+    assert {c.comment_name for c in sink.sentences} == {"pinyin2hanzi DAG"}
+    # After the HMM pass both models' sentences come fused into one order.
+    assert sink.ranked[0] == AiCandidate("你好世界", "pinyin2hanzi DAG+HMM")
+    assert {c.comment_name for c in sink.ranked} == {"pinyin2hanzi DAG", "pinyin2hanzi HMM", "pinyin2hanzi DAG+HMM"}
+    assert {c.value for c in sink.sentences} <= {c.value for c in sink.ranked}
+
+
+async def test_fusion_prefers_what_both_models_rank_well():
+    async with open_local_backend() as backend:
+        sink = Collect()
+        await backend.convert(ConvertRequest("woaini"), sink)
+    # The DAG alone puts 我爱昵 first; the HMM agrees on 我爱你.
+    assert sink.sentences[0].value == "我爱昵"
+    assert sink.ranked[0].value == "我爱你"
 
 
 async def test_local_backend_limits_and_chat():

@@ -229,6 +229,14 @@ def test_convert_progress_is_cumulative_and_deduplicated():
     assert err["is_error"] and err["error"] == "backend down"
 
 
+def test_convert_progress_ranked_update_reorders_without_losing():
+    progress = ConvertProgress(max_ai=4)
+    progress.add_ai([AiCandidate("a", "dag"), AiCandidate("b", "dag"), AiCandidate("c", "dag")])
+    assert progress.add_ai([AiCandidate("b", "both"), AiCandidate("d", "hmm")], ranked=True)
+    assert [(c.value, c.comment_name) for c in progress.ai] == [("b", "both"), ("d", "hmm"), ("a", "dag"), ("c", "dag")]
+    assert not progress.add_ai([AiCandidate("b", "both"), AiCandidate("d", "hmm")], ranked=True)
+
+
 def test_chat_shapes():
     assert chat_chunk(content="你", response_key="k1", is_final=False) == {
         "messege_type": "chat_result",

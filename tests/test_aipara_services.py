@@ -18,6 +18,7 @@ from switchyard.actors.rime_state import (
     QueueCommand,
     QueueResult,
     RimeStateActor,
+    RimeStats,
     subscribe_events,
 )
 from switchyard.protocols.aipara import AiBadRequest, BadRequest, Ping, SetOption, SetProperty, parse_ai_request, parse_rime_request
@@ -153,6 +154,8 @@ async def test_bad_requests_get_one_error_reply_and_change_nothing():
             assert [c["option_name"] for c in reply["command_messege"]] == ["x"]
             state = await ref.ask(GetClient("d-rime"))
             assert state.is_composing is True and state.bad_requests >= 3
+            stats = await ref.ask(RimeStats())
+            assert stats["bad_requests"] == 5 and stats["clients"] == 1 and stats["commands_delivered"] == 1
         finally:
             client.close()
 
@@ -260,7 +263,8 @@ async def test_convert_streams_cumulative_messages_until_final():
         final = replies[-1]
         assert "你好世界" in values(final, "ai_candidates")
         assert values(final, "cloud_candidates")[0] == "你好"
-        assert {c["comment_name"] for c in final["ai_candidates"]} <= {"pinyin2hanzi DAG", "pinyin2hanzi HMM"}
+        assert final["ai_candidates"][0] == {"value": "你好世界", "comment_name": "pinyin2hanzi DAG+HMM"}
+        assert {c["comment_name"] for c in final["ai_candidates"]} <= {"pinyin2hanzi DAG", "pinyin2hanzi HMM", "pinyin2hanzi DAG+HMM"}
         assert not final["is_timeout"] and not final["is_error"]
         for earlier, later in zip(replies, replies[1:]):  # cumulative: nothing found is ever dropped
             assert set(values(earlier, "ai_candidates")) <= set(values(later, "ai_candidates"))

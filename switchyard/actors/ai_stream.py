@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import attrs
@@ -52,7 +51,7 @@ from switchyard.protocols.aipara import (
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
 from switchyard.transports.zmq_bridges import EndpointConfig, PeerGone, RouterStreamServer
-from switchyard.transports.zmq_curve import CurveConfig, authenticator_for, curve_server_options, load_curve_keys
+from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
 __all__ = ["AiStreamConfig", "AiStreamActor", "ConvertText", "AiStats"]
 
@@ -113,8 +112,8 @@ class _Sink:
         if self.progress.add_cloud(words) and self.send is not None:
             await self.send(self.progress.message(is_final=False))
 
-    async def ai(self, candidates: Sequence[AiCandidate]) -> None:
-        if self.progress.add_ai(candidates) and self.send is not None:
+    async def ai(self, candidates: Sequence[AiCandidate], *, ranked: bool = False) -> None:
+        if self.progress.add_ai(candidates, ranked=ranked) and self.send is not None:
             await self.send(self.progress.message(is_final=False))
 
 
@@ -130,11 +129,7 @@ class AiStreamActor(Actor):
         self._converts: dict[bytes, trio.CancelScope] = {}
         self._recent: deque[str] = deque(maxlen=max(cfg.context_commits, 1))
         self.backend = await self.enter(open_backend(cfg.backend, local=cfg.local, openai=cfg.openai, context=self._context))
-        extra: dict[str, object] = {}
-        if cfg.curve.enabled:
-            keys = await trio.to_thread.run_sync(partial(load_curve_keys, cfg.curve, default_domain=self.name))
-            await self.nursery.start(authenticator_for().participate, keys)
-            extra = curve_server_options(keys)
+        extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
         endpoint = EndpointConfig(
             cfg.endpoint,
             sndhwm=cfg.sndhwm,
@@ -204,15 +199,7 @@ class AiStreamActor(Actor):
         timeout = min(request.timeout or cfg.default_timeout, cfg.max_timeout)
         error: str | None = None
         with trio.move_on_after(timeout) as timer:
-            try:
-                await self.backend.convert(request, sink)
-            except BackendError as exc:
-                error = str(exc) or type(exc).__name__
-            except PeerGone:
-                raise
-            except Exception as exc:
-                self.log.exception("backend %s failed on convert", self.backend.name)
-                error = f"internal error in the {self.backend.name} backend: {type(exc).__name__}"
+            error = await self._failure_of("convert", self.backend.convert(request, sink))
         if timer.cancelled_caught:
             self.stats["timeouts"] += 1
         if error is not None:
@@ -230,15 +217,7 @@ class AiStreamActor(Actor):
 
         reason: str | None = None
         with trio.move_on_after(self.config.chat_timeout) as timer:
-            try:
-                await self.backend.chat(request, emit)
-            except BackendError as exc:
-                reason = str(exc) or type(exc).__name__
-            except PeerGone:
-                raise
-            except Exception as exc:
-                self.log.exception("backend %s failed on chat", self.backend.name)
-                reason = f"internal error in the {self.backend.name} backend: {type(exc).__name__}"
+            reason = await self._failure_of("chat", self.backend.chat(request, emit))
         if timer.cancelled_caught:
             reason = f"chat timed out after {self.config.chat_timeout:g} s"
         if reason is not None:
@@ -246,6 +225,24 @@ class AiStreamActor(Actor):
             await send(chat_error(reason=reason, response_key=key))
         else:
             await send(chat_chunk(content="", response_key=key, is_final=True))
+
+    async def _failure_of(self, what: str, call: Awaitable[None]) -> str | None:
+        """Await a backend call; return None if it went fine, else the reason to report.
+
+        :class:`BackendError` is the backend speaking to the client; anything else is a
+        bug, logged with its traceback and reported as an internal error. A client that
+        left (:class:`PeerGone`) and cancellation propagate.
+        """
+        try:
+            await call
+        except BackendError as exc:
+            return str(exc) or type(exc).__name__
+        except PeerGone:
+            raise
+        except Exception as exc:
+            self.log.exception("backend %s failed on %s", self.backend.name, what)
+            return f"internal error in the {self.backend.name} backend: {type(exc).__name__}"
+        return None
 
     # -- commits as context ------------------------------------------------------------------
 

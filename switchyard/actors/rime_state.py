@@ -17,7 +17,8 @@ Inside the system (``ask``/``tell`` on the actor's ref):
   or, with ``client_id=None``, for every known client; answers a :class:`QueueResult`.
   ``command`` is an ``aipara`` command object or a plain mapping
   (``{"command": "set_option", "option_name": ..., "option_value": ...}``).
-* :class:`GetClient` / :class:`ListClients`: :class:`~switchyard.protocols.rime_state.ClientState` snapshots.
+* :class:`GetClient` / :class:`ListClients`: :class:`~switchyard.protocols.rime_state.ClientState` snapshots;
+  :class:`RimeStats`: counters.
 * :class:`Subscribe` / :class:`Unsubscribe`, or simply :func:`subscribe_events`:
   receive :class:`~switchyard.protocols.rime_state.CommitEvent` (and, if asked,
   :class:`~switchyard.protocols.rime_state.CommandEvent`) as clients report them. A
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import contextvars
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,9 +47,9 @@ from switchyard.protocols.aipara import (
 )
 from switchyard.protocols.codec import json_codec
 from switchyard.protocols.rime_state import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
-from switchyard.runtime import Actor, ActorRef
+from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, PeerGone, ReqRepServer
-from switchyard.transports.zmq_curve import CurveConfig, authenticator_for, curve_server_options, load_curve_keys
+from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
 __all__ = [
     "RimeStateConfig",
@@ -58,6 +58,7 @@ __all__ = [
     "QueueResult",
     "GetClient",
     "ListClients",
+    "RimeStats",
     "Subscribe",
     "Unsubscribe",
     "subscribe_events",
@@ -112,6 +113,11 @@ class GetClient:
 @attrs.frozen
 class ListClients:
     pass
+
+
+@attrs.frozen
+class RimeStats:
+    """Ask for the counters: requests, bad requests, commands delivered, events, clients."""
 
 
 @attrs.frozen
@@ -181,11 +187,7 @@ class RimeStateActor(Actor):
         self._subscribers: dict[int, tuple[trio.MemorySendChannel[RimeEvent], frozenset[str]]] = {}
         self._next_subscription = 1
         await self.enter(self._closing_subscribers())
-        extra: dict[str, object] = {}
-        if cfg.curve.enabled:
-            keys = await trio.to_thread.run_sync(partial(load_curve_keys, cfg.curve, default_domain=self.name))
-            await self.nursery.start(authenticator_for().participate, keys)
-            extra = curve_server_options(keys)
+        extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
         endpoint = EndpointConfig(
             cfg.endpoint,
             sndhwm=cfg.sndhwm,
@@ -284,6 +286,8 @@ class RimeStateActor(Actor):
         if isinstance(message, Unsubscribe):
             self._drop_subscriber(message.subscription)
             return None
+        if isinstance(message, RimeStats):
+            return {**self.stats, "clients": len(self.book), "subscribers": len(self._subscribers)}
         raise TypeError(f"{type(self).__name__} does not understand {type(message).__name__}")
 
     def _queue(self, message: QueueCommand) -> QueueResult:
@@ -326,9 +330,8 @@ async def subscribe_events(
         try:
             yield receive
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                try:
-                    await ref.tell(Unsubscribe(sub_id))
-                except Exception:  # the actor is gone: nothing to unsubscribe from
-                    pass
+            try:
+                ref.tell_nowait(Unsubscribe(sub_id))
+            except (MailboxFull, ActorStopped):
+                pass  # our channel closes below, so the actor drops us at its next event anyway
 

@@ -530,16 +530,28 @@ class ConvertProgress:
                 changed = True
         return changed
 
-    def add_ai(self, candidates: Sequence[AiCandidate]) -> bool:
-        """Add sentence candidates; True if anything new was added."""
-        changed = False
+    def add_ai(self, candidates: Sequence[AiCandidate], *, ranked: bool = False) -> bool:
+        """Add sentence candidates; True if the list changed.
+
+        With ``ranked=True`` the given list is the best order found so far: it goes
+        first (replacing earlier entries with the same value) and the rest follow.
+        """
+        before = list(self.ai)
+        if ranked:
+            front: list[AiCandidate] = []
+            seen: set[str] = set()
+            for cand in candidates:
+                if cand.value and cand.value not in seen:
+                    front.append(cand)
+                    seen.add(cand.value)
+            self.ai = (front + [c for c in self.ai if c.value not in seen])[: self.max_ai]
+            return self.ai != before
         seen = {c.value for c in self.ai}
         for cand in candidates:
             if cand.value and cand.value not in seen and len(self.ai) < self.max_ai:
                 self.ai.append(cand)
                 seen.add(cand.value)
-                changed = True
-        return changed
+        return self.ai != before
 
     def message(
         self,

@@ -25,6 +25,7 @@ and the aipara C++ client reads the same ``public-key = "..."`` lines).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -43,6 +44,7 @@ __all__ = [
     "curve_server_options",
     "ZapAuthenticator",
     "authenticator_for",
+    "enable_curve",
 ]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -266,3 +268,17 @@ def authenticator_for(context: zmq.Context | None = None) -> ZapAuthenticator:
         auth = _authenticators[id(ctx)] = ZapAuthenticator(ctx)
     return auth
 
+
+async def enable_curve(config: CurveConfig, nursery: trio.Nursery, *, default_domain: str) -> dict[str, object]:
+    """Everything a server owner does for CURVE, or nothing if ``config.enabled`` is false.
+
+    Loads the key files off the event loop, starts this owner's ZAP participant in
+    ``nursery`` (so it lives and dies with the owner) and returns the socket options
+    for the server socket (``EndpointConfig.socket_extra``). Raises
+    :class:`CurveKeyError` for bad key files.
+    """
+    if not config.enabled:
+        return {}
+    keys = await trio.to_thread.run_sync(partial(load_curve_keys, config, default_domain=default_domain))
+    await nursery.start(authenticator_for().participate, keys)
+    return curve_server_options(keys)

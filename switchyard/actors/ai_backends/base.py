@@ -4,7 +4,8 @@ A backend answers two requests:
 
 * ``convert(request, sink)``: report candidates as they are found, ``await
   sink.cloud(words)`` for word candidates and ``await sink.ai(candidates)`` for
-  sentence candidates, any number of times; return when done. The actor owns
+  sentence candidates, any number of times; return when done. ``sink.ai(candidates,
+  ranked=True)`` says "this is the best order of what I found": it goes first. The actor owns
   timing: it cancels ``convert`` when the request's timeout runs out or a newer
   convert from the same client supersedes it, and then answers with what the sink
   holds. So a backend must stop promptly when cancelled.
@@ -37,7 +38,7 @@ class BackendError(Exception):
 class ConvertSink(Protocol):
     async def cloud(self, words: Sequence[str]) -> None: ...
 
-    async def ai(self, candidates: Sequence[AiCandidate]) -> None: ...
+    async def ai(self, candidates: Sequence[AiCandidate], *, ranked: bool = False) -> None: ...
 
 
 Emit = Callable[[str], Awaitable[None]]

@@ -8,8 +8,9 @@ work) under a :class:`trio.CapacityLimiter` of ``threads``:
 2. with ``hmm = true``, a Viterbi pass over the best syllable split with the HMM
    model, adding its sentences.
 
-``comment_name`` of each AI candidate names the engine: ``"<engine_label> DAG"`` or
-``"<engine_label> HMM"``. A cancelled convert (timeout or superseded) returns at
+``comment_name`` of each AI candidate names the engine: ``"<engine_label> DAG"``,
+``"<engine_label> HMM"``, or ``"<engine_label> DAG+HMM"`` when both found it; after
+the HMM pass the sentences are re-ordered by reciprocal-rank fusion of both models. A cancelled convert (timeout or superseded) returns at
 once; its worker thread notices at its next step and stops, and keeps its limiter
 slot until it has, so CPU use stays bounded. ``chat`` has no model here and says so.
 """
@@ -17,7 +18,7 @@ slot until it has, so CPU use stays bounded. ``chat`` has no model here and says
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ import attrs
 import trio
 
 from switchyard.actors.ai_backends.base import BackendError, ConvertSink, Emit
-from switchyard.actors.ai_backends.pinyin_engine import ConversionInterrupted, PinyinEngine, normalize_pinyin
+from switchyard.actors.ai_backends.pinyin_engine import ConversionInterrupted, PinyinEngine, Sentence, normalize_pinyin
 from switchyard.protocols.aipara import AiCandidate, ChatRequest, ConvertRequest
 
 __all__ = ["LocalBackendConfig", "LocalBackend", "open_local_backend", "shared_engine"]
@@ -113,9 +114,23 @@ class LocalBackend:
                     sentences[0].syllables,
                     self.config.max_sentences,
                 )
-                await sink.ai([AiCandidate(s.text, self.hmm_label) for s in hmm])
+                await sink.ai(self._fused(sentences, hmm), ranked=True)
         except ConversionInterrupted:  # only if stopped without being cancelled: treat as done
             return
+
+    def _fused(self, dag: Sequence[Sentence], hmm: Sequence[Sentence]) -> list[AiCandidate]:
+        """Both models' sentences in one order: weighted reciprocal-rank fusion, the
+        word-level DAG counting twice the character-level HMM, so a sentence both rank
+        well beats one only the DAG likes. ``comment_name`` says which found it."""
+        scores: dict[str, float] = {}
+        found: dict[str, list[str]] = {}
+        for label, weight, ranked in ((self.dag_label, 1.0, dag), (self.hmm_label, 0.5, hmm)):
+            for rank, sentence in enumerate(ranked, 1):
+                scores[sentence.text] = scores.get(sentence.text, 0.0) + weight / (1 + rank)
+                found.setdefault(sentence.text, []).append(label)
+        order = sorted(scores, key=lambda text: -scores[text])  # stable: DAG order breaks ties
+        both = f"{self.config.engine_label} DAG+HMM"
+        return [AiCandidate(text, both if len(found[text]) > 1 else found[text][0]) for text in order]
 
     async def chat(self, request: ChatRequest, emit: Emit) -> None:
         raise BackendError(
