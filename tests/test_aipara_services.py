@@ -230,6 +230,60 @@ async def test_rime_arbitrary_bodies_exactly_one_reply_each_and_others_unaffecte
             friend.close()
 
 
+OUTBOX_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("request"), st.integers(0, 2)),
+        st.tuples(st.just("bad"), st.integers(0, 2)),
+        st.tuples(st.just("queue"), st.integers(0, 2)),
+        st.tuples(st.just("queue_all"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OUTBOX_OPS)
+async def test_outbox_end_to_end_exactly_once_in_order_to_the_right_client(ops):
+    """The outbox model run against the real service: three REQ clients, commands
+    queued for one or all, bad requests in between; each reply must carry exactly
+    the commands the model says, in order, and nothing may be left or repeated."""
+    async with open_system("t", grace_period=1) as system:
+        ref, endpoint = await start_rime(system)
+        clients = [RimeClient(endpoint, identity=f"sm{i}-rime".encode()) for i in range(3)]
+        queues: list[list[str]] = [[], [], []]
+        delivered: list[tuple[int, str]] = []
+        counter = 0
+        try:
+            for client in clients:
+                await request(client, STATE)
+            for op, i in ops:
+                if op == "request":
+                    reply = await request(clients[i], STATE)
+                    got = [c["property_value"] for c in reply["command_messege"]]
+                    assert got == queues[i]
+                    delivered.extend((i, v) for v in got)
+                    queues[i] = []
+                elif op == "bad":
+                    reply = await request(clients[i], b"\x00not json")
+                    assert reply["response"] == "error" and reply["command_messege"] == []
+                else:
+                    counter += 1
+                    value = str(counter)
+                    target = None if op == "queue_all" else f"sm{i}-rime"
+                    await ref.ask(QueueCommand(SetProperty("seq", value), target))
+                    for j in range(3) if target is None else (i,):
+                        queues[j].append(value)
+            for i, client in enumerate(clients):  # drain: everything left arrives once
+                reply = await request(client, STATE)
+                assert [c["property_value"] for c in reply["command_messege"]] == queues[i]
+                delivered.extend((i, c["property_value"]) for c in reply["command_messege"])
+        finally:
+            for client in clients:
+                client.close()
+        assert len(delivered) == len(set(delivered))
+
+
 # -- the AI channel -------------------------------------------------------------------------
 
 
