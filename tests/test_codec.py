@@ -47,6 +47,11 @@ def test_deep_nesting_is_a_codec_error() -> None:
         json_codec.decode(b"[" * 100_000)
 
 
+def test_huge_integer_is_a_codec_error() -> None:
+    with pytest.raises(CodecError, match="invalid JSON"):
+        json_codec.decode(b"1" * 5000)
+
+
 def test_get_codec() -> None:
     assert get_codec("json") is json_codec and get_codec("msgpack") is msgpack_codec
     with pytest.raises(CodecError, match="unknown codec"):

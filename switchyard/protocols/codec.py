@@ -60,6 +60,8 @@ class JsonCodec:
             raise CodecError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
         except RecursionError as exc:
             raise CodecError("invalid JSON: nested too deeply") from exc
+        except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+            raise CodecError(f"invalid JSON: {exc}") from exc
 
 
 class MsgpackCodec:
