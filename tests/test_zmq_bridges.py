@@ -230,3 +230,30 @@ async def test_stream_handler_error_gets_error_reply() -> None:
             with trio.fail_after(2):
                 assert json.loads(await dealer.recv())["error"] == "KeyError"
         await server.drain()
+
+
+async def test_handlers_see_the_client_identity_and_dealers_can_be_accepted() -> None:
+    from switchyard.transports.zmq_bridges import current_identity
+
+    async def handler(body: bytes) -> bytes:
+        return current_identity() + b"|" + body
+
+    def error_reply(exc: BaseException, body: object) -> bytes:
+        return b"error for " + current_identity()
+
+    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:*", max_message_size=10), handler,
+                          error_reply=error_reply, accept_dealer=True)
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(server.serve)
+        async with open_socket(zmq.DEALER, connect=endpoint, options=SocketOptions(identity=b"dealer-7")) as dealer:
+            await dealer.send(b"hi")  # no empty delimiter
+            with trio.fail_after(2):
+                assert await dealer.recv() == b"dealer-7|hi"
+            await dealer.send(b"x" * 50)
+            with trio.fail_after(2):
+                assert await dealer.recv() == b"error for dealer-7"
+        async with open_socket(zmq.REQ, connect=endpoint, options=SocketOptions(identity=b"req-1")) as req:
+            await req.send(b"yo")
+            with trio.fail_after(2):
+                assert await req.recv() == b"req-1|yo"
+        await server.drain()

@@ -28,7 +28,6 @@ Inside the system (``ask``/``tell`` on the actor's ref):
 
 from __future__ import annotations
 
-import contextvars
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -48,7 +47,13 @@ from switchyard.protocols.aipara import (
 from switchyard.protocols.codec import json_codec
 from switchyard.protocols.rime_state import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
 from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
-from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, PeerGone, ReqRepServer
+from switchyard.transports.zmq_bridges import (
+    EndpointConfig,
+    HandlerTimeout,
+    MessageTooLarge,
+    ReqRepServer,
+    current_identity,
+)
 from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
 __all__ = [
@@ -133,43 +138,6 @@ class Unsubscribe:
     subscription: int
 
 
-_identity: contextvars.ContextVar[bytes] = contextvars.ContextVar("rime_state_identity", default=b"")
-
-
-class _RimeServer(ReqRepServer):
-    """The REQ/REP bridge, plus two things the Rime channel needs.
-
-    * The handler learns which client sent the request: per-client state needs the
-      ROUTER routing id (frame 0), and the bridge hands handlers only the body. Each
-      request runs in its own task, so a context variable set here is its alone.
-    * Newer aipara clients talk to this port from a DEALER (no empty delimiter frame:
-      ``[identity, body]``). They get the same one reply, as ``[identity, reply]``;
-      REQ clients (``[identity, b"", body]``) go through the bridge unchanged.
-    """
-
-    async def _dispatch(self, frames: list[Any]) -> None:
-        identity = frames[0].bytes if frames else b""
-        _identity.set(identity)
-        if len(frames) == 2 and len(frames[1].buffer) > 0:
-            await self._dispatch_dealer(identity, frames[1])
-        else:
-            await super()._dispatch(frames)
-
-    async def _dispatch_dealer(self, identity: bytes, frame: Any) -> None:
-        self.stats["requests"] += 1
-        body = frame.bytes
-        try:
-            self._check_size([frame])
-            reply = await self.handler(body)
-        except Exception as exc:
-            self.stats["errors"] += 1
-            reply = self.error_reply(exc, body)
-        try:
-            await self._send([identity, reply])
-        except PeerGone:
-            self.log.info("client left before its reply was sent")
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -197,8 +165,10 @@ class RimeStateActor(Actor):
             max_concurrent=cfg.max_concurrent,
             socket_extra=extra,
         )
-        self.server = _RimeServer(
-            endpoint, self._serve_request, error_reply=self._error_reply, name=f"{self.name}.reqrep", logger=self.log
+        # accept_dealer: newer aipara builds open this port from a DEALER ([identity, body]).
+        self.server = ReqRepServer(
+            endpoint, self._serve_request, error_reply=self._error_reply, accept_dealer=True,
+            name=f"{self.name}.reqrep", logger=self.log,
         )
         self.endpoint = await self.nursery.start(self.server.serve)
         self.nursery.start_soon(self._expire_loop)
@@ -210,7 +180,7 @@ class RimeStateActor(Actor):
     # -- the socket side ---------------------------------------------------------------
 
     async def _serve_request(self, body: bytes) -> bytes:
-        client = client_key(_identity.get())
+        client = client_key(current_identity())
         request = parse_rime_request(body, max_bytes=self.config.max_message_size)
         self.stats["requests"] += 1
         if isinstance(request, BadRequest):
@@ -234,7 +204,7 @@ class RimeStateActor(Actor):
         else:
             reason = f"internal error: {type(exc).__name__}"
         self.stats["bad_requests"] += 1
-        return json_codec.encode(error_response(client_id=client_key(_identity.get()), reason=reason, timestamp_ms=_now_ms()))
+        return json_codec.encode(error_response(client_id=client_key(current_identity()), reason=reason, timestamp_ms=_now_ms()))
 
     async def _expire_loop(self) -> None:
         while True:

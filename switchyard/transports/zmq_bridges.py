@@ -23,6 +23,7 @@ Both are used the same way from an actor::
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -41,7 +42,20 @@ __all__ = [
     "ReqRepServer",
     "RouterStreamServer",
     "HandlerTimeout",
+    "current_identity",
 ]
+
+_current_identity: contextvars.ContextVar[bytes] = contextvars.ContextVar("switchyard_zmq_identity")
+
+
+def current_identity() -> bytes:
+    """The ROUTER routing id of the peer whose request the calling task is handling.
+
+    Each request is handled in its own task, so inside a bridge handler (and its
+    ``error_reply``) this names that request's client; per-client state keys on it.
+    Raises ``LookupError`` outside a handler.
+    """
+    return _current_identity.get()
 
 
 @attrs.frozen
@@ -204,6 +218,7 @@ class ReqRepServer(_RouterServer):
         *,
         error_reply: ErrorReply,
         multipart: bool = False,
+        accept_dealer: bool = False,
         name: str = "reqrep",
         logger: logging.Logger | None = None,
     ) -> None:
@@ -211,16 +226,20 @@ class ReqRepServer(_RouterServer):
         self.handler = handler
         self.error_reply = error_reply
         self.multipart = multipart
+        self.accept_dealer = accept_dealer
 
     async def _dispatch(self, frames: list[Any]) -> None:
-        try:
-            split = next(i for i, f in enumerate(frames) if len(f.buffer) == 0)
-        except StopIteration:
+        _current_identity.set(_bytes(frames[0]))
+        split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
+        if split is not None:
+            envelope, body_frames = frames[: split + 1], frames[split + 1 :]
+        elif self.accept_dealer and len(frames) >= 2:
+            # a DEALER peer in lockstep: [identity, body] in, [identity, reply] out
+            envelope, body_frames = frames[:1], frames[1:]
+        else:
             self.stats["malformed"] += 1
             self.log.warning("dropped a message without a REQ envelope (%d frames)", len(frames))
             return
-        envelope = frames[: split + 1]
-        body_frames = frames[split + 1 :]
         self.stats["requests"] += 1
         body: Any = body_frames
         try:
