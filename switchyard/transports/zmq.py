@@ -227,6 +227,22 @@ class ZmqSocket:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return frames
 
+    def recv_multipart_nowait(self, *, copy: bool = True) -> list[Any]:
+        """Receive a whole message if one is queued, else raise ``trio.WouldBlock``.
+
+        Not a checkpoint: for loops that drain a burst of messages and checkpoint
+        once per burst.
+        """
+        if self._receiving or self._closed:
+            raise trio.WouldBlock
+        try:
+            frames = self.socket.recv_multipart(_NOBLOCK, copy=copy)
+        except zmq.Again:
+            raise trio.WouldBlock from None
+        finally:
+            self._after_op()
+        return frames
+
     async def aclose(self) -> None:
         """Close the socket (LINGER applies); waiters get ``ClosedResourceError``."""
         if self._closed:

@@ -154,12 +154,23 @@ class _RouterServer:
                     with trio.CancelScope() as self._receiving:
                         while True:
                             frames = await sock.recv_multipart(copy=False)
-                            token = object()
-                            try:
-                                self._limiter.acquire_on_behalf_of_nowait(token)
-                            except trio.WouldBlock:
+                            # Drain the burst already queued without a scheduler round
+                            # trip per message (bounded, so other tasks still run).
+                            for _ in range(64):
+                                token = object()
+                                try:
+                                    self._limiter.acquire_on_behalf_of_nowait(token)
+                                except trio.WouldBlock:
+                                    await self._limiter.acquire_on_behalf_of(token)
+                                in_flight.start_soon(self._guarded, frames, token)
+                                try:
+                                    frames = sock.recv_multipart_nowait(copy=False)
+                                except trio.WouldBlock:
+                                    break
+                            else:
+                                token = object()
                                 await self._limiter.acquire_on_behalf_of(token)
-                            in_flight.start_soon(self._guarded, frames, token)
+                                in_flight.start_soon(self._guarded, frames, token)
         finally:
             self._socket = None
             self._finished.set()
