@@ -13,4 +13,5 @@ KINDS: dict[str, str] = {
     "robot_worker": "switchyard.actors.robot_worker:RobotWorkerActor",
     "ipc_server": "switchyard.actors.ipc_bridge:IpcServerActor",
     "ipc_proxy": "switchyard.actors.ipc_bridge:IpcProxyActor",
+    "inference": "switchyard.actors.inference:InferenceActor",
 }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import binascii
 import datetime as _dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -51,6 +52,7 @@ __all__ = [
     "parse_reply",
     "parse_request",
     "peek_task_id",
+    "sniff_task_id",
     "task_event",
 ]
 
@@ -62,11 +64,16 @@ Status = Literal["success", "error"]
 
 
 class TaskError(ValueError):
-    """A request that cannot be served; ``str(exc)`` is the message for the peer."""
+    """A request that cannot be served; ``str(exc)`` is the message for the peer.
 
-    def __init__(self, message: str, task_id: str = "") -> None:
+    ``task_id`` and ``task_type`` are whatever could be read before the problem
+    (``""`` if nothing), so a reply and a ``.failed`` event can still name them.
+    """
+
+    def __init__(self, message: str, task_id: str = "", task_type: str = "") -> None:
         super().__init__(message)
         self.task_id = task_id
+        self.task_type = task_type
 
 
 @attrs.frozen
@@ -188,6 +195,22 @@ def peek_task_id(obj: object) -> str:
     return ""
 
 
+_LEADING_TASK_ID = re.compile(rb'\A\s*\{\s*"task_id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){0,1024}")')
+
+
+def sniff_task_id(body: bytes | bytearray | memoryview) -> str:
+    """The task id of a request *without parsing it*, if the body starts with it (Go's
+    field order does); ``""`` otherwise. For replies to bodies too big or too many to parse."""
+    match = _LEADING_TASK_ID.match(memoryview(body)[:2048].tobytes())
+    if match is None:
+        return ""
+    try:
+        value = json_codec.decode(match.group(1))
+    except CodecError:
+        return ""
+    return value if isinstance(value, str) else ""
+
+
 def parse_request(
     body: bytes | bytearray | memoryview, *, max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
 ) -> TaskRequest:
@@ -214,11 +237,15 @@ def parse_request(
     task_type = _require_str(obj, "task_type", task_id)
     if not task_type:
         raise TaskError("task_type is empty", task_id)
-    model_path = _require_str(obj, "model_path", task_id, optional=True)
-    input_data = _decode_input(obj.get("input_data"), task_id, max_input_bytes)
-    if len(input_data) > max_input_bytes:
-        raise TaskError(f"input_data exceeds the limit of {max_input_bytes} bytes", task_id)
-    params = _parse_params(obj.get("params"), task_id)
+    try:
+        model_path = _require_str(obj, "model_path", task_id, optional=True)
+        input_data = _decode_input(obj.get("input_data"), task_id, max_input_bytes)
+        if len(input_data) > max_input_bytes:
+            raise TaskError(f"input_data exceeds the limit of {max_input_bytes} bytes", task_id)
+        params = _parse_params(obj.get("params"), task_id)
+    except TaskError as exc:
+        exc.task_type = task_type
+        raise
     return TaskRequest(
         task_id=task_id, task_type=task_type, model_path=model_path, input_data=input_data, params=params
     )

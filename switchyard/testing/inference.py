@@ -6,6 +6,7 @@
 * :func:`input_specs` / :func:`spec_and_rows` - input encodings and matching bytes.
 * :func:`mutated_bodies` - near-valid requests with one field broken (for error paths).
 * :func:`digit_task` - a ready-made request for the bundled digits model.
+* :func:`req_roundtrips` - a blocking real-libzmq REQ client (run it in a thread).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from switchyard.protocols.inference_tensor import DTYPES, InputSpec
 
 __all__ = [
     "digit_task",
+    "req_roundtrips",
     "input_specs",
     "json_results",
     "mutated_bodies",
@@ -137,3 +139,24 @@ def digit_task(
         params=params or {},
     )
     return encode_request(request, byte_array=byte_array)
+
+
+def req_roundtrips(endpoint: str, requests: list[Any], *, timeout: float = 10.0) -> list[list[bytes]]:
+    """Blocking: send each request (bytes, or a list of frames) on one real libzmq REQ
+    socket in lockstep and return each reply's frames. Run it in ``trio.to_thread``."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    try:
+        sock.connect(endpoint)
+        replies = []
+        for request in requests:
+            frames = [request] if isinstance(request, bytes | bytearray | memoryview) else list(request)
+            sock.send_multipart(frames, copy=False)
+            replies.append(sock.recv_multipart())
+        return replies
+    finally:
+        sock.close()
