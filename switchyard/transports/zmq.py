@@ -155,28 +155,7 @@ class ZmqSocket:
 
     async def send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> None:
         """Send ``frames`` as one message; waits while the socket is at its HWM."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = await self._acquire("_sending", self._send_turn)
-        try:
-            while True:
-                self._check_open()
-                try:
-                    self.socket.send_multipart(frames, _NOBLOCK, copy=copy)
-                except zmq.Again:
-                    await self._wait_for(POLLOUT)
-                    waited = True
-                    continue
-                except zmq.ZMQError as exc:
-                    self._after_op()
-                    if exc.errno == zmq.ENOTSOCK:
-                        raise trio.ClosedResourceError("socket closed") from exc
-                    raise
-                self._after_op()
-                break
-        finally:
-            self._release("_sending", self._send_turn)
-        if not waited:  # every Trio operation checkpoints; a wait already did
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        await self._operate(self.socket.send_multipart, (frames,), copy, POLLOUT, "_sending", self._send_turn)
 
     def try_send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> bool:
         """Send now if the socket has room and no other task is sending; else False.
@@ -203,15 +182,21 @@ class ZmqSocket:
 
     async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
         """Receive one whole message: ``bytes`` frames, or ``zmq.Frame`` with ``copy=False``."""
+        return await self._operate(self.socket.recv_multipart, (), copy, POLLIN, "_receiving", self._recv_turn)
+
+    async def _operate(
+        self, op: Any, args: tuple[Any, ...], copy: bool, flag: int, turn_flag: str, turn: trio.lowlevel.ParkingLot
+    ) -> Any:
+        """Run ``op(*args, NOBLOCK, copy=copy)`` in this direction's turn, waiting on ``flag`` while EAGAIN."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        waited = await self._acquire("_receiving", self._recv_turn)
+        waited = await self._acquire(turn_flag, turn)
         try:
             while True:
                 self._check_open()
                 try:
-                    frames = self.socket.recv_multipart(_NOBLOCK, copy=copy)
+                    result = op(*args, _NOBLOCK, copy=copy)
                 except zmq.Again:
-                    await self._wait_for(POLLIN)
+                    await self._wait_for(flag)
                     waited = True
                     continue
                 except zmq.ZMQError as exc:
@@ -222,10 +207,10 @@ class ZmqSocket:
                 self._after_op()
                 break
         finally:
-            self._release("_receiving", self._recv_turn)
-        if not waited:
+            self._release(turn_flag, turn)
+        if not waited:  # every Trio operation checkpoints; a wait already did
             await trio.lowlevel.cancel_shielded_checkpoint()
-        return frames
+        return result
 
     def recv_multipart_nowait(self, *, copy: bool = True) -> list[Any]:
         """Receive a whole message if one is queued, else raise ``trio.WouldBlock``.
