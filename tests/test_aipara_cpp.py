@@ -23,24 +23,14 @@ from switchyard.actors.rime_state import GetClient, ListClients, QueueCommand, R
 from switchyard.protocols.aipara import SetOption
 from switchyard.runtime import open_system
 from switchyard.testing import free_tcp_endpoint
+from switchyard.testing.cpp import compile_cpp
 
 CPP_SOURCE = Path(__file__).parent / "cpp" / "aipara_client.cpp"
 
 
 @pytest.fixture(scope="module")
 def cpp_client(tmp_path_factory) -> Path:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not installed (CI installs g++, libzmq3-dev, cppzmq-dev)")
-    out = tmp_path_factory.mktemp("cpp") / "aipara_client"
-    result = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(CPP_SOURCE), "-lzmq"],
-        capture_output=True, text=True, timeout=240,
-    )
-    if result.returncode != 0 and ("zmq.hpp" in result.stderr or "zmq.h:" in result.stderr or "-lzmq" in result.stderr):
-        pytest.skip(f"libzmq/cppzmq development files missing (apt-get install libzmq3-dev cppzmq-dev): {result.stderr.strip()[:200]}")
-    assert result.returncode == 0, result.stderr
-    return out
+    return compile_cpp(CPP_SOURCE, tmp_path_factory.mktemp("cpp") / "aipara_client", libs=["zmq"])
 
 
 async def drive(cpp_client: Path, rime_ep: str, ai_ep: str, rime, *extra: str) -> list[str]:

@@ -24,6 +24,7 @@ import trio
 
 from switchyard.actors.tensor_session import TensorSessionActor, TensorSessionConfig
 from switchyard.testing import ipc_endpoint, run_system
+from switchyard.testing.cpp import compile_cpp
 from switchyard.transports.file_session_client import DEFAULT_SCRIPT
 
 CPP_SOURCE = Path(__file__).parent / "cpp" / "tensor_session_client.cpp"
@@ -55,16 +56,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def cpp_client(tmp_path_factory) -> Path:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not installed (CI installs it)")
-    out = tmp_path_factory.mktemp("cpp") / "tensor_session_client"
-    result = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(CPP_SOURCE)],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stderr
-    return out
+    return compile_cpp(CPP_SOURCE, tmp_path_factory.mktemp("cpp") / "tensor_session_client")
 
 
 def _run_client(cpp_client: Path, tmp_path: Path, script: Path, session_id: str, *extra: str) -> str:
@@ -118,18 +110,7 @@ def test_cpp_client_against_a_subclassed_server(cpp_client, tmp_path):
 
 @pytest.fixture(scope="module")
 def cpp_zmq_client(tmp_path_factory) -> Path:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not installed (CI installs it)")
-    if not any(Path(d, "zmq.hpp").exists() for d in ("/usr/include", "/usr/local/include")):
-        pytest.skip("cppzmq headers (zmq.hpp) not installed (CI installs cppzmq-dev)")
-    out = tmp_path_factory.mktemp("cppzmq") / "tensor_zmq_client"
-    result = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(CPP_ZMQ_SOURCE), "-lzmq"],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stderr
-    return out
+    return compile_cpp(CPP_ZMQ_SOURCE, tmp_path_factory.mktemp("cppzmq") / "tensor_zmq_client", libs=["zmq"])
 
 
 async def test_cpp_zmq_client_against_the_actor(cpp_zmq_client):
