@@ -12,7 +12,6 @@ session actor with TSR header + data frames.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
