@@ -315,3 +315,60 @@ def test_task_requests_strategy_encodes(request: TaskRequest) -> None:
 @given(json_results())
 def test_json_results_survive_json(result: dict) -> None:
     assert json.loads(json_codec.encode(result)) == result
+
+
+# --- broker <-> worker framing -------------------------------------------------------
+
+from switchyard.protocols.inference_workers import (  # noqa: E402
+    TAG,
+    Bye,
+    Done,
+    Heartbeat,
+    Ready,
+    Task,
+    WorkerProtocolError,
+    encode_bye,
+    encode_done,
+    encode_heartbeat,
+    encode_ready,
+    encode_task,
+    parse_from_broker,
+    parse_from_worker,
+)
+
+_keys = st.binary(min_size=1, max_size=32)
+
+
+@given(st.builds(Ready, capacity=st.integers(1, 1 << 20), pid=st.integers(0, 1 << 31), host=st.text(max_size=20),
+                 task_types=st.lists(st.text(max_size=10), max_size=3).map(tuple),
+                 models=st.lists(st.text(max_size=10), max_size=3).map(tuple)))
+def test_ready_round_trips(ready: Ready) -> None:
+    assert parse_from_worker(encode_ready(ready)) == ready
+
+
+@given(_keys, st.binary(max_size=50), st.binary(max_size=50), st.lists(st.binary(max_size=20), min_size=1, max_size=3))
+def test_done_and_task_round_trip(key: bytes, reply: bytes, event: bytes, request: list[bytes]) -> None:
+    done = parse_from_worker(encode_done(key, reply, event))
+    assert isinstance(done, Done) and (done.key, done.reply, done.event) == (key, reply, event)
+    task = parse_from_broker(encode_task(key, request))
+    assert isinstance(task, Task) and task.key == key and task.request == request
+    assert parse_from_worker(encode_heartbeat()) == Heartbeat() == parse_from_broker(encode_heartbeat())
+    assert parse_from_worker(encode_bye()) == Bye()
+
+
+@given(st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([TAG, b"R", b"D", b"T", b"H", b"B"])), max_size=6))
+@settings(max_examples=400)
+def test_worker_framing_rejects_garbage_cleanly(frames: list[bytes]) -> None:
+    for parse in (parse_from_worker, parse_from_broker):
+        try:
+            parse(frames)
+        except WorkerProtocolError:
+            pass
+
+
+def test_ready_validation() -> None:
+    for body in ({"capacity": 0}, {"capacity": True}, {"capacity": 2, "models": [1]}, [1]):
+        with pytest.raises(WorkerProtocolError):
+            parse_from_worker([TAG, b"R", msgpack_codec.encode(body)])
+    with pytest.raises(WorkerProtocolError, match="task key"):
+        parse_from_broker([TAG, b"T", b"x" * 33, b"{}"])

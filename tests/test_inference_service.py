@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from switchyard import open_system
 from switchyard.actors.inference import InferenceActor, InferenceConfig
-from switchyard.actors.inference_models import BUNDLED_MODELS_DIR, ModelConfig, digits_model
+from switchyard.actors.inference_models import ModelConfig, digits_model
 from switchyard.apps.models import DIGITS_MODEL, digits_heldout
 from switchyard.protocols.inference import TaskReply, parse_event, parse_reply
 from switchyard.protocols.inference_binary import encode_binary_request, parse_binary_reply
 from switchyard.testing import free_tcp_endpoint
-from switchyard.testing.inference import digit_task, req_roundtrips
+from switchyard.testing.inference import bundled_digit_predictions, digit_task, req_roundtrips
 
 HELD = digits_heldout()
 
@@ -241,15 +241,7 @@ async def test_binary_fast_path_batch(service: Service) -> None:
 # --- batching: each caller gets its own result -----------------------------------------
 
 
-def _expected_labels() -> list[str]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(BUNDLED_MODELS_DIR / "digits_mlp.onnx"), providers=["CPUExecutionProvider"])
-    labels, _ = session.run(None, {"input": HELD.pixels.astype(np.float32)})
-    return [str(v) for v in labels]
-
-
-EXPECTED = _expected_labels()
+EXPECTED = bundled_digit_predictions()
 
 # (kind, start index, rows): kind "json" (1 row), "bin" (rows rows), "bad" (wrong size)
 request_mix = st.lists(

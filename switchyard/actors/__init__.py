@@ -14,4 +14,6 @@ KINDS: dict[str, str] = {
     "ipc_server": "switchyard.actors.ipc_bridge:IpcServerActor",
     "ipc_proxy": "switchyard.actors.ipc_bridge:IpcProxyActor",
     "inference": "switchyard.actors.inference:InferenceActor",
+    "inference_broker": "switchyard.actors.inference_broker:InferenceBrokerActor",
+    "inference_worker": "switchyard.actors.inference_worker:InferenceWorkerActor",
 }

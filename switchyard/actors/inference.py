@@ -33,7 +33,7 @@ from switchyard.protocols.inference_binary import encode_binary_reply
 from switchyard.runtime import Actor
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
-__all__ = ["InferenceActor", "InferenceConfig", "error_reply_for", "FailureLog"]
+__all__ = ["FailureLog", "InferenceActor", "InferenceConfig", "error_reply_for", "failure_reply"]
 
 
 @attrs.frozen
@@ -58,13 +58,18 @@ def _frame_bytes(frame: Any) -> memoryview:
 
 def error_reply_for(exc: BaseException, body: Any) -> bytes:
     """The ``error`` reply for a request the handler could not serve, in its own format."""
-    frames = body if isinstance(body, list) else [body]
     if isinstance(exc, MessageTooLarge):
         message = f"request too large: {exc}"
     elif isinstance(exc, HandlerTimeout):
         message = f"task timed out: {exc}"
     else:
         message = f"internal error: {type(exc).__name__}: {exc}"
+    return failure_reply(message, body if isinstance(body, list) else [body])
+
+
+def failure_reply(message: str, frames: list[Any]) -> bytes:
+    """An ``error`` reply to the request ``frames`` (JSON or binary form, as they are),
+    naming its task id if it can be found without parsing the whole body."""
     if len(frames) == 2:
         task_id = ""
         try:

@@ -98,33 +98,37 @@ def parse_binary_request(
         raise TaskError("header.task_id must be a string of at most "
                         f"{MAX_TASK_ID_LENGTH} characters")
     task_type = _str_field(header, "task_type", task_id, required=False)
-    model = _str_field(header, "model", task_id, required=False)
-    if not task_type and not model:
-        raise TaskError("header needs a task_type or a model", task_id)
-    dtype = _str_field(header, "dtype", task_id, required=True)
-    if dtype not in DTYPES:
-        raise TaskError(f"header.dtype {dtype!r} is not one of {', '.join(DTYPES)}", task_id)
-    raw_shape = header.get("shape")
-    if not isinstance(raw_shape, list) or len(raw_shape) < 2:
-        raise TaskError("header.shape must be a list [rows, *sample_shape]", task_id)
     try:
-        shape = parse_shape(raw_shape)
-    except TensorError as exc:
-        raise TaskError(f"header.{exc}", task_id) from None
-    params = header.get("params") or {}
-    if not isinstance(params, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
-    ):
-        raise TaskError("header.params must be a map of strings to strings", task_id)
-    data = memoryview(frames[1]).cast("B")
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
-    if expected > max_input_bytes:
-        raise TaskError(f"tensor of {expected} bytes exceeds the limit of {max_input_bytes} bytes", task_id)
-    if data.nbytes != expected:
-        raise TaskError(
-            f"tensor frame has {data.nbytes} bytes; shape {list(shape)} of {dtype} needs {expected}",
-            task_id,
-        )
+        model = _str_field(header, "model", task_id, required=False)
+        if not task_type and not model:
+            raise TaskError("header needs a task_type or a model", task_id)
+        dtype = _str_field(header, "dtype", task_id, required=True)
+        if dtype not in DTYPES:
+            raise TaskError(f"header.dtype {dtype!r} is not one of {', '.join(DTYPES)}", task_id)
+        raw_shape = header.get("shape")
+        if not isinstance(raw_shape, list) or len(raw_shape) < 2:
+            raise TaskError("header.shape must be a list [rows, *sample_shape]", task_id)
+        try:
+            shape = parse_shape(raw_shape)
+        except TensorError as exc:
+            raise TaskError(f"header.{exc}", task_id) from None
+        params = header.get("params") or {}
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+        ):
+            raise TaskError("header.params must be a map of strings to strings", task_id)
+        data = memoryview(frames[1]).cast("B")
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        if expected > max_input_bytes:
+            raise TaskError(f"tensor of {expected} bytes exceeds the limit of {max_input_bytes} bytes", task_id)
+        if data.nbytes != expected:
+            raise TaskError(
+                f"tensor frame has {data.nbytes} bytes; shape {list(shape)} of {dtype} needs {expected}",
+                task_id,
+            )
+    except TaskError as exc:
+        exc.task_type = task_type
+        raise
     return TensorRequest(
         task_id=task_id, task_type=task_type, model=model, dtype=dtype, shape=shape, data=data, params=params
     )

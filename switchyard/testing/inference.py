@@ -7,6 +7,7 @@
 * :func:`mutated_bodies` - near-valid requests with one field broken (for error paths).
 * :func:`digit_task` - a ready-made request for the bundled digits model.
 * :func:`req_roundtrips` - a blocking real-libzmq REQ client (run it in a thread).
+* :func:`bundled_digit_predictions` - what the bundled model says for each held-out row.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from switchyard.protocols.inference import TaskReply, TaskRequest, encode_reques
 from switchyard.protocols.inference_tensor import DTYPES, InputSpec
 
 __all__ = [
+    "bundled_digit_predictions",
     "digit_task",
     "req_roundtrips",
     "input_specs",
@@ -160,3 +162,16 @@ def req_roundtrips(endpoint: str, requests: list[Any], *, timeout: float = 10.0)
         return replies
     finally:
         sock.close()
+
+
+def bundled_digit_predictions() -> list[str]:
+    """Labels the bundled digits model gives the held-out split, computed in-process by
+    onnxruntime with no service in between: what a service reply must say, row for row."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from switchyard.apps.models import DIGITS_MODEL, digits_heldout
+
+    session = ort.InferenceSession(str(DIGITS_MODEL), providers=["CPUExecutionProvider"])
+    labels, _ = session.run(None, {"input": digits_heldout().pixels.astype(np.float32)})
+    return [str(v) for v in labels]
