@@ -61,7 +61,7 @@ import trio
 
 from switchyard.protocols.codec import get_codec
 from switchyard.protocols.ipc import ERR_UNKNOWN_METHOD, IpcProtocolError, Kind, Message
-from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE
+from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from switchyard.transports.ipc_address import IpcAddress, connect_stream, parse_address, socket_path_for
 from switchyard.transports.ipc_connection import FramedConnection
 from switchyard.transports.ipc_errors import ConnectionLost, NotConnected, RemoteError, RequestTimeout
@@ -516,7 +516,16 @@ class SocketClient:
                     await self._send_cancel(conn, message.id)
                 return
             self._stats["pushes"] += 1
-            await self._push_send.send((message.method, message.data))
+            try:
+                self._push_send.send_nowait((message.method, message.data))
+            except trio.WouldBlock:
+                # Push handlers are behind: stop reading until they catch up. The
+                # silence is ours, so the heartbeat must not blame the server.
+                conn.framed.paused = True
+                try:
+                    await self._push_send.send((message.method, message.data))
+                finally:
+                    conn.framed.paused = False
         elif kind is Kind.HEARTBEAT:
             try:
                 await conn.framed.answer_heartbeat(message)
@@ -584,8 +593,9 @@ class SocketClient:
                 raise RequestTimeout(method, math.inf if timeout is None else timeout)
         id = f"{self._id_prefix}-{next(self._ids)}"
         pending = conn.pending[id] = _Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
+        framed = conn.framed
         try:
-            await conn.framed.send(Message(Kind.REQUEST, id, method, data))
+            await framed.send_frame(encode_frame(Message(Kind.REQUEST, id, method, data), framed.codec, self.max_frame_size))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.pending.pop(id, None)
             self._stats["connection_lost"] += 1

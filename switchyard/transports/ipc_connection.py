@@ -97,10 +97,11 @@ class FramedConnection:
     async def send_frame(self, frame: bytes) -> None:
         """Write one encoded frame.
 
-        Fast path: when the lock is free and the socket buffer has room, the frame
-        is written with one non-blocking ``os.write`` and no trip through the
-        scheduler (this is the hot path of every request, and Trio's ``send_all``
-        would add a checkpoint). Otherwise the rest goes through ``send_all``.
+        Fast path: with no other writer and room in the socket buffer, the frame
+        goes out in one non-blocking ``os.write`` without a trip through the
+        scheduler (this is the hot path of every request; Trio's ``send_all`` would
+        add a checkpoint). Otherwise the writer queues for the gate and the rest
+        goes through ``send_all``. May complete without a checkpoint.
         """
         gate = self._send_gate
         if gate.busy:
@@ -110,9 +111,6 @@ class FramedConnection:
         try:
             if self.closed:
                 raise trio.ClosedResourceError(f"connection {self.label} is closed")
-            # Raise a pending cancellation before any byte is written, so that the
-            # except clauses below only see writes that may really be partial.
-            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 sent = os.write(self._fd, frame)
             except BlockingIOError:
@@ -124,6 +122,8 @@ class FramedConnection:
                 try:
                     await self.stream.send_all(memoryview(frame)[sent:])
                 except BaseException:
+                    # Cut short (cancelled, or the peer vanished): the peer may hold
+                    # half a frame, so no later frame could be trusted.
                     self.close()
                     raise
         finally:
