@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from switchyard.protocols.codec import json_codec, msgpack_codec
 from switchyard.protocols.ipc import Kind, Message
 from switchyard.protocols.ipc_framing import MessageReader, encode_frame
-from switchyard.testing.ipc import chunked, wire_values
+from switchyard.testing.ipc import chunked, read_messages, wire_values
 from switchyard.transports.ipc_client import open_ipc_client
 from switchyard.transports.ipc_server import SocketServer
 
@@ -40,21 +40,6 @@ async def send_in_pieces(stream: trio.SocketStream, pieces: list[bytes]) -> None
         await trio.sleep(0.0005)  # give the server a chance to read each piece on its own
 
 
-async def read_frames(stream: trio.SocketStream, reader: MessageReader, count: int) -> list[Message]:
-    out: list[Message] = []
-    with trio.fail_after(10):
-        while len(out) < count:
-            message = reader.next_message()
-            if message is not None:
-                out.append(message)
-                continue
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            reader.receive_data(data)
-    return out
-
-
 @SETTINGS
 @given(
     codec_name=st.sampled_from(["json", "msgpack"]),
@@ -74,7 +59,7 @@ def test_requests_round_trip_through_a_live_server_whatever_the_chunking(codec_n
                 stream = await trio.open_unix_socket(str(server.bound_address.path))
                 async with stream:
                     await send_in_pieces(stream, pieces)
-                    replies = await read_frames(stream, MessageReader(codec=codec), len(requests))
+                    replies = await read_messages(stream, MessageReader(codec=codec), len(requests))
         by_id = {reply.id: reply for reply in replies}
         assert all(reply.kind is Kind.RESPONSE for reply in replies)
         assert {r.id: r.data for r in requests} == {i: by_id[i].data for i in by_id}

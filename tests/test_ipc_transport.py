@@ -16,6 +16,8 @@ import trio
 from switchyard.protocols.codec import json_codec, msgpack_codec
 from switchyard.protocols.ipc import Kind, Message
 from switchyard.protocols.ipc_framing import MessageReader, encode_frame, frame_body
+from switchyard.testing import free_tcp_port
+from switchyard.testing.ipc import read_messages
 from switchyard.transports.ipc_address import parse_address, socket_path_for
 from switchyard.transports.ipc_client import Backoff, SocketClient, open_ipc_client
 from switchyard.transports.ipc_errors import (
@@ -108,7 +110,9 @@ async def test_seed_quick_start(address: str) -> None:
             assert not client.connected
             with pytest.raises(NotConnected):
                 await client.request("echo", {})
-        assert events == ["connected"]  # disconnect() is not a drop
+            assert await client.connect()  # and back
+            assert await client.request("add", {"a": 1, "b": 1}) == {"result": 2}
+        assert events == ["connected", "connected"]  # disconnect() is not a drop
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
@@ -371,8 +375,10 @@ async def test_connect_gives_up_after_max_retries(tmp_path: Any) -> None:
             await client.request("echo", {})
 
 
-async def test_server_restart_under_a_connected_client(tmp_path: Any) -> None:
-    path = str(tmp_path / "restart.sock")
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+async def test_server_restart_under_a_connected_client(tmp_path: Any, family: str) -> None:
+    # The restarted server must come back on the same address: a fixed port for TCP.
+    path = str(tmp_path / "restart.sock") if family == "unix" else f"tcp://127.0.0.1:{free_tcp_port()}"
     events: list[str] = []
     entered = trio.Event()
 
@@ -462,20 +468,6 @@ async def raw_connect(address: str) -> trio.SocketStream:
     if parsed.path is not None:
         return await trio.open_unix_socket(parsed.path)
     return await trio.open_tcp_stream(parsed.host, parsed.port)
-
-
-async def read_messages(stream: trio.SocketStream, reader: MessageReader, count: int) -> list[Message]:
-    out: list[Message] = []
-    while len(out) < count:
-        message = reader.next_message()
-        if message is not None:
-            out.append(message)
-            continue
-        data = await stream.receive_some(65536)
-        if not data:
-            break
-        reader.receive_data(data)
-    return out
 
 
 async def test_a_client_that_stops_answering_heartbeats_is_dropped(address: str) -> None:

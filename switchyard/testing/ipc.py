@@ -3,17 +3,21 @@
 * :func:`wire_values` - values a codec carries (``bytes`` only for msgpack).
 * :func:`messages` - any valid :class:`~switchyard.protocols.ipc.Message`.
 * :func:`chunked` - a byte string cut into arbitrary pieces, as a socket may deliver it.
+
+and :func:`read_messages`, for tests that talk to a server over a raw stream.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import trio
 from hypothesis import strategies as st
 
 from switchyard.protocols.ipc import Kind, Message
+from switchyard.protocols.ipc_framing import MessageReader
 
-__all__ = ["chunked", "messages", "wire_values"]
+__all__ = ["chunked", "messages", "read_messages", "wire_values"]
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack can carry
 
@@ -61,3 +65,26 @@ def chunked(draw: st.DrawFn, data: bytes, max_chunks: int = 40) -> list[bytes]:
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=max_chunks)))
     bounds = [0, *cuts, len(data)]
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+async def read_messages(
+    stream: trio.abc.ReceiveStream, reader: MessageReader, count: int, timeout: float = 10.0
+) -> list[Message]:
+    """The next ``count`` messages from ``stream`` (fewer if the peer closes first).
+
+    ``reader`` keeps bytes beyond the last message for the next call. Raises
+    ``trio.TooSlowError`` after ``timeout`` seconds, and whatever the reader raises
+    for bytes that are not valid messages.
+    """
+    out: list[Message] = []
+    with trio.fail_after(timeout):
+        while len(out) < count:
+            message = reader.next_message()
+            if message is not None:
+                out.append(message)
+                continue
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            reader.receive_data(data)
+    return out

@@ -336,9 +336,14 @@ class SocketClient:
             self._nursery.start_soon(self._manage, 0)
 
     async def disconnect(self) -> None:
-        """Close the connection and stop reconnecting; in-flight requests fail."""
+        """Close the connection and stop reconnecting; in-flight requests fail with
+        ``ConnectionLost``, later ones with ``NotConnected`` until :meth:`connect`."""
         self._shutdown("disconnected by the client")
+        while self._managing:
+            await self._changed.wait()
         await trio.lowlevel.checkpoint()
+        if self._exit_stack is not None:  # still inside the block: connect() may be called again
+            self._closing = False
 
     def _shutdown(self, reason: str) -> None:
         self._closing = True
@@ -630,9 +635,14 @@ class SocketClient:
     async def notify(self, method: str, data: Any = None, timeout: float | None = None) -> None:
         """Send a ``push`` to the server: its handler runs, nothing is answered."""
         timeout = self.request_timeout if timeout is None else timeout
-        with trio.fail_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(math.inf if timeout is None else timeout):
             conn = await self._connection()
-            await conn.framed.send(Message.push(method, data))
+            try:
+                await conn.framed.send(Message.push(method, data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionLost(str(self.address), method, "", conn.drop_reason or "closed") from None
+            return
+        raise RequestTimeout(method, math.inf if timeout is None else timeout)
 
     def stream(self, method: str, data: Any = None) -> IpcStream:
         """Call a streaming ``method``: ``async with client.stream(m, d) as items: async for item in items``.
@@ -721,9 +731,11 @@ class IpcStream:
     async def __aenter__(self) -> IpcStream:
         client = self._client
         timeout = client.request_timeout
-        with trio.fail_after(math.inf if timeout is None else timeout):
-            conn = await client._connection()
-        self._conn = conn
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            self._conn = await client._connection()
+        conn = self._conn
+        if conn is None:
+            raise RequestTimeout(self.method, math.inf if timeout is None else timeout)
         self._id = client._new_id()
         conn.streams[self._id] = self
         request = Message.request(
