@@ -193,6 +193,9 @@ def _resume(coro: Any, trap: Any) -> Any:
     while True:
         try:
             sent = yield to_yield
+        except GeneratorExit:  # we are being closed: close the handler too, as `await` would
+            coro.close()
+            raise
         except BaseException as exc:
             try:
                 to_yield = coro.throw(exc)
