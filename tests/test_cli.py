@@ -36,7 +36,7 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> list[str]
         if not line:
             break
         lines.append(line)
-        if "ready" in line:
+        if "switchyard.cli" in line and "ready" in line:
             return lines
     proc.kill()
     raise AssertionError("app did not become ready:\n" + "".join(lines))
@@ -124,7 +124,8 @@ def test_default_app_starts_and_exits_0_on_sigint() -> None:
         _wait_ready(proc, timeout=120)
         health = _request("tcp://127.0.0.1:5590", {"op": "health"})
         assert health["ok"] is True
-        assert all(actor["state"] == "running" for actor in health["actors"].values()), health
+        states = {name: (actor["state"], actor["last_error"]) for name, actor in health["actors"].items()}
+        assert all(state == "running" for state, _ in states.values()), states
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0

@@ -40,6 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until Trio takes over signal handling, SIGTERM (like SIGINT) means "stop now":
+    # a signal during start-up is an orderly stop request too, and exits 0.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     if args.command == "kinds":
