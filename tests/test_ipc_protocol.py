@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from switchyard.protocols.codec import CodecError, json_codec, msgpack_codec
 from switchyard.protocols.ipc import (
@@ -236,3 +237,67 @@ def test_bodies_that_look_like_msgpack_or_json_never_crash(first: int, rest: byt
     except BadMessage:
         return
     assert isinstance(message, Message)
+
+
+class ReaderMachine(RuleBasedStateMachine):
+    """The receive side as a state machine: frames queued, bytes fed in arbitrary
+    pieces, messages pulled at arbitrary times. Whatever the interleaving, what comes
+    out is exactly what went in, in order, with one error per bad frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader = MessageReader(max_frame_size=4096)
+        self.unsent = b""
+        self.expected: list[Message | str] = []  # messages, or "bad" for a bad frame
+        self.received: list[Message | str] = []
+
+    @rule(message=messages("msgpack"))
+    def queue_message(self, message: Message) -> None:
+        try:
+            frame = encode_frame(message, msgpack_codec, max_frame_size=4096)
+        except FrameTooLarge:
+            return
+        self.unsent += frame
+        self.expected.append(message)
+
+    @rule(junk=st.binary(max_size=30))
+    def queue_bad_frame(self, junk: bytes) -> None:
+        self.unsent += frame_body(b"\xc1" + junk)  # 0xc1 is never valid msgpack
+        self.expected.append("bad")
+
+    @precondition(lambda self: self.unsent)
+    @rule(size=st.integers(1, 64))
+    def feed(self, size: int) -> None:
+        self.reader.receive_data(self.unsent[:size])
+        self.unsent = self.unsent[size:]
+
+    @rule()
+    def pull(self) -> None:
+        try:
+            message = self.reader.next_message()
+        except BadMessage:
+            self.received.append("bad")
+            return
+        if message is not None:
+            self.received.append(message)
+
+    @invariant()
+    def what_came_out_went_in_in_order(self) -> None:
+        assert self.received == self.expected[: len(self.received)]
+
+    def teardown(self) -> None:
+        self.reader.receive_data(self.unsent)
+        while True:
+            try:
+                message = self.reader.next_message()
+            except BadMessage:
+                self.received.append("bad")
+                continue
+            if message is None:
+                break
+            self.received.append(message)
+        assert self.received == self.expected
+
+
+ReaderMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_reader_state_machine = ReaderMachine.TestCase
