@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import zmq
 
@@ -257,3 +258,52 @@ def test_manifests_validate() -> None:
     broker_config = kinds["inference_broker"]
     assert broker_config.workers == 2 and broker_config.worker.models[0].name == "digits"
     assert kinds["inference_worker"].broker_endpoint == broker_config.worker_endpoint
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds the worker process through Linux /proc")
+async def test_cli_broker_serves_and_its_workers_do_not_outlive_it(tmp_path: Any) -> None:
+    """`switchyard run` a scale-out manifest; SIGKILL the broker: its workers stop by themselves."""
+    endpoint, workers_ep, events_ep = free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
+    manifest = tmp_path / "scaleout.toml"
+    manifest.write_text(f"""
+[app]
+name = "scaleout-cli-test"
+[[actor]]
+name = "broker"
+kind = "inference_broker"
+[actor.config]
+endpoint = "{endpoint}"
+worker_endpoint = "{workers_ep}"
+events_endpoint = "{events_ep}"
+workers = 1
+heartbeat_interval = 0.2
+queue_timeout = 20.0
+""")
+    command = [sys.executable, "-m", "switchyard.runtime.cli", "run", str(manifest)]
+    async with trio.open_nursery() as nursery:
+        cli = await nursery.start(partial(trio.run_process, command, check=False))
+        [[frame]] = await trio.to_thread.run_sync(partial(req_roundtrips, endpoint, [digit_task("cli", pixels(6))],
+                                                          timeout=30))
+        reply = parse_reply(frame)
+        assert reply.ok and reply.result["label"] == EXPECTED[6]
+        children = {int(p) for f in os.listdir(f"/proc/{cli.pid}/task")
+                    for p in open(f"/proc/{cli.pid}/task/{f}/children").read().split()}
+        assert len(children) == 1
+        [worker_pid] = children
+        cli.kill()  # SIGKILL: the broker gets no chance to stop its workers
+        await cli.wait()
+        try:
+            with trio.fail_after(10):
+                while _proc_state(worker_pid) not in ("Z", "gone"):
+                    await trio.sleep(0.1)
+        finally:
+            if _proc_state(worker_pid) not in ("Z", "gone"):
+                os.kill(worker_pid, signal.SIGKILL)  # don't leave an orphan behind a failed test
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import os
 import sys
 from functools import partial
 from typing import Any
@@ -203,8 +204,10 @@ class InferenceBrokerActor(Actor):
                 task.attempts += 1
                 worker.in_flight[task.key] = task
                 self.stats["dispatched"] += 1
+                message = [worker.identity, *encode_task(task.key, task.request)]
                 try:
-                    await self._wsock.send_multipart([worker.identity, *encode_task(task.key, task.request)])
+                    if not self._wsock.try_send_multipart(message):
+                        await self._wsock.send_multipart(message)
                 except zmq.ZMQError as exc:
                     self._lose(worker, f"unreachable: {exc.strerror}")
             await self._wake.wait()
@@ -213,44 +216,52 @@ class InferenceBrokerActor(Actor):
     async def _receive_from_workers(self) -> None:
         while True:
             frames = await self._wsock.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            try:
-                message = parse_from_worker(frames[1:])
-            except WorkerProtocolError as exc:
-                self.stats["bad_worker_messages"] += 1
-                if self.stats["bad_worker_messages"] <= 10:
-                    self.log.warning("ignored a bad message from %r: %s", identity, exc)
-                continue
-            now = trio.current_time()
-            worker = self._workers.get(identity)
-            if isinstance(message, Ready):
-                if worker is not None:
-                    self._lose(worker, "announced itself again")
-                self._workers[identity] = _Worker(identity, message.capacity, message.pid, message.host, now)
-                self.log.info("worker %s ready, capacity %d, models %s", identity.decode(errors="replace"),
-                              message.capacity, ", ".join(message.models))
-                self._wake.set()
-                continue
-            if worker is None:
-                if isinstance(message, Done):
-                    self.stats["late_replies"] += 1
-                continue  # an unknown worker reconnects by itself once we stay silent
-            worker.last_seen = now
+            while True:  # handle the whole queued burst, then yield once
+                self._on_worker_message(frames)
+                try:
+                    frames = self._wsock.recv_multipart_nowait(copy=False)
+                except trio.WouldBlock:
+                    break
+
+    def _on_worker_message(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        try:
+            message = parse_from_worker(frames[1:])
+        except WorkerProtocolError as exc:
+            self.stats["bad_worker_messages"] += 1
+            if self.stats["bad_worker_messages"] <= 10:
+                self.log.warning("ignored a bad message from %r: %s", identity, exc)
+            return
+        now = trio.current_time()
+        worker = self._workers.get(identity)
+        if isinstance(message, Ready):
+            if worker is not None:
+                self._lose(worker, "announced itself again")
+            self._workers[identity] = _Worker(identity, message.capacity, message.pid, message.host, now)
+            self.log.info("worker %s ready, capacity %d, models %s", identity.decode(errors="replace"),
+                          message.capacity, ", ".join(message.models))
+            self._wake.set()
+            return
+        if worker is None:
             if isinstance(message, Done):
-                task = worker.in_flight.pop(message.key, None)
-                if task is None:
-                    self.stats["late_replies"] += 1
-                    continue
-                worker.served += 1
-                self._finish(task, message.reply)
-                if self.events is not None and message.event.buffer.nbytes:
-                    self.events.publish_frames([self.events.topic, message.event])
-                self._wake.set()
-            elif isinstance(message, Bye):
-                worker.draining = True
-                if not worker.in_flight:
-                    del self._workers[identity]
-                self.log.info("worker %s is leaving", worker.label)
+                self.stats["late_replies"] += 1
+            return  # an unknown worker reconnects by itself once we stay silent
+        worker.last_seen = now
+        if isinstance(message, Done):
+            task = worker.in_flight.pop(message.key, None)
+            if task is None:
+                self.stats["late_replies"] += 1
+                return
+            worker.served += 1
+            self._finish(task, message.reply)
+            if self.events is not None and message.event.buffer.nbytes:
+                self.events.publish_frames([self.events.topic, message.event])
+            self._wake.set()
+        elif isinstance(message, Bye):
+            worker.draining = True
+            if not worker.in_flight:
+                del self._workers[identity]
+            self.log.info("worker %s is leaving", worker.label)
 
     def _lose(self, worker: _Worker, reason: str) -> None:
         """Forget ``worker``; retry its tasks once elsewhere, fail those already retried."""
@@ -309,7 +320,7 @@ class InferenceBrokerActor(Actor):
             events_topic=config.events_topic,
         )
         command = [sys.executable, "-m", "switchyard.actors.inference_worker", "--config", "-",
-                   "--name", f"{self.name}.w{index}"]
+                   "--name", f"{self.name}.w{index}", "--parent-pid", str(os.getpid())]
         return command, json.dumps(attrs.asdict(worker)).encode(), prefix
 
     async def _keep_worker_process(self, index: int) -> None:

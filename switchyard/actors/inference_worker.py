@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -148,18 +149,26 @@ class InferenceWorkerActor(Actor):
                 frames = await sock.recv_multipart(copy=False)
             if frames is None:
                 return
-            try:
-                message = parse_from_broker(frames)
-            except WorkerProtocolError as exc:
-                self.log.warning("ignored a bad message from the broker: %s", exc)
-                continue
-            if isinstance(message, Heartbeat):
-                continue
-            assert isinstance(message, Task)
-            if self._in_flight == 0:
-                self._idle = trio.Event()
-            self._in_flight += 1
-            nursery.start_soon(self._run_task, sock, message)
+            while True:  # take the whole queued burst, then yield once
+                self._accept(frames, sock, nursery)
+                try:
+                    frames = sock.recv_multipart_nowait(copy=False)
+                except trio.WouldBlock:
+                    break
+
+    def _accept(self, frames: list[Any], sock: ZmqSocket, nursery: trio.Nursery) -> None:
+        try:
+            message = parse_from_broker(frames)
+        except WorkerProtocolError as exc:
+            self.log.warning("ignored a bad message from the broker: %s", exc)
+            return
+        if isinstance(message, Heartbeat):
+            return
+        assert isinstance(message, Task)
+        if self._in_flight == 0:
+            self._idle = trio.Event()
+        self._in_flight += 1
+        nursery.start_soon(self._run_task, sock, message)
 
     async def _run_task(self, sock: ZmqSocket, task: Task) -> None:
         try:
@@ -167,7 +176,9 @@ class InferenceWorkerActor(Actor):
             event = b""
             if served.event is not None:
                 event = encode_event(served.event, self.config.events_topic.encode())[1]
-            await sock.send_multipart(encode_done(task.key, served.reply, event))
+            done = encode_done(task.key, served.reply, event)
+            if not sock.try_send_multipart(done):
+                await sock.send_multipart(done)
             self.served += 1
         finally:
             self._in_flight -= 1
@@ -180,7 +191,6 @@ class InferenceWorkerActor(Actor):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one worker actor in this process until SIGINT/SIGTERM."""
-    from switchyard.runtime.cli import run_until_signalled
     from switchyard.runtime.config import build_config
     from switchyard.runtime.errors import ConfigError
     from switchyard.runtime.logs import configure_logging
@@ -191,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON config file, or - for stdin")
     parser.add_argument("--name", default="inference_worker")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--parent-pid", type=int, default=0,
+                        help="stop (gracefully) when this process is no longer our parent")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -217,8 +229,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         ),
     )
-    trio.run(run_until_signalled, app)
+    trio.run(_run, app, args.parent_pid)
     return 0
+
+
+async def _run(app: Any, parent_pid: int) -> None:
+    from switchyard.runtime.cli import run_until_signalled
+
+    async with trio.open_nursery() as nursery:
+        if parent_pid:
+            nursery.start_soon(_exit_with_parent, parent_pid, nursery.cancel_scope)
+        await run_until_signalled(app)
+        nursery.cancel_scope.cancel()
+
+
+async def _exit_with_parent(parent_pid: int, scope: trio.CancelScope) -> None:
+    """A broker's local worker must not outlive it (e.g. when the broker is SIGKILLed)."""
+    while os.getppid() == parent_pid:
+        await trio.sleep(0.5)
+    logging.getLogger("switchyard.inference.worker").warning("parent %d is gone; stopping", parent_pid)
+    scope.cancel()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,365 @@
+"""Inference service benchmarks (issue 4).
+
+1. The limit: in-process ``session.run`` of the bundled digits model, batch 1 and
+   batch 64, no service at all (rows/s, one thread).
+2. Through the service over ZeroMQ (tcp loopback; service in its own process, like
+   the Go peer's server): Go-shaped JSON tasks (base64 input) from
+   * 1 REQ client in lockstep: p50/p99 latency and tasks/s,
+   * 64 concurrent DEALER clients (one socket each, closed loop: each sends its next
+     task when its reply arrives), all in one client process,
+   each with batching on (``max_batch_size = 64``) and off (``max_batch_size = 1``).
+   Every reply is checked for ``"status":"success"``; failures are reported.
+3. Once, for information: the same 64-client load through the scale-out broker with
+   two local worker processes.
+
+Goal from the issue: >= 10,000 tasks/s with p99 < 10 ms at that load, and batching
+>= 1.5x unbatched. The machine has 2 shared cores, which the client process, the
+service (and in 3. the broker and both workers) all share.
+
+Run: ``python -m bench.bench_inference`` (part of ``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from bench._stats import fmt, median, p99, percentile, ratio, section, table
+
+RUNS = 3
+DURATION = 1.5  # seconds of load per measurement
+CLIENTS = 64
+SINGLE_TASKS = 1000
+PACED_RATE = 10_000
+
+
+# -- 1. the limit ----------------------------------------------------------------------
+def in_process(batch: int, seconds: float = 0.7) -> float:
+    """Rows/s of bare session.run on ``batch`` rows, one thread, same session options as the service."""
+    import onnxruntime as ort
+
+    from switchyard.actors.inference_models import SessionConfig
+    from switchyard.apps.models import DIGITS_MODEL, digits_heldout
+
+    session = ort.InferenceSession(str(DIGITS_MODEL), sess_options=SessionConfig().build(),
+                                   providers=["CPUExecutionProvider"])
+    pixels = digits_heldout().pixels.astype(np.float32)
+    x = np.resize(pixels, (batch, 64)).astype(np.float32)
+    for _ in range(50):
+        session.run(None, {"input": x})
+    runs = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"input": x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - start)
+
+
+# -- 2./3. servers (own processes) -----------------------------------------------------
+def _serve(spawn: Any, ready: Any) -> None:
+    """Run ``spawn(system)`` in a fresh actor system until SIGTERM, then shut down cleanly
+    (so a broker stops its worker processes)."""
+    import signal
+
+    import trio
+
+    from switchyard import open_system
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with open_system("bench", grace_period=3.0) as system:
+                await spawn(system)
+                ready.set()
+                async for _ in signals:
+                    break
+
+    trio.run(main)
+
+
+def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: Any) -> None:
+    from switchyard.actors.inference import InferenceActor, InferenceConfig
+    from switchyard.testing import free_tcp_endpoint
+
+    async def spawn(system: Any) -> None:
+        config = InferenceConfig(endpoint=endpoint, events_endpoint=free_tcp_endpoint(),
+                                 max_batch_size=max_batch_size)
+        await system.spawn(InferenceActor, name="inference", config=config)
+        if gc_freeze:  # process-level tuning, measured separately (see docs/inference.md)
+            import gc
+
+            gc.freeze()
+
+    _serve(spawn, ready)
+
+
+def serve_broker(endpoint: str, workers: int, ready: Any) -> None:
+    import trio
+
+    from switchyard.actors.inference_broker import InferenceBrokerActor, InferenceBrokerConfig
+    from switchyard.actors.inference_worker import InferenceWorkerConfig
+    from switchyard.testing import free_tcp_endpoint
+
+    async def spawn(system: Any) -> None:
+        config = InferenceBrokerConfig(endpoint=endpoint, worker_endpoint=free_tcp_endpoint(),
+                                       events_endpoint=free_tcp_endpoint(), workers=workers,
+                                       worker=InferenceWorkerConfig(threads=1))
+        ref = await system.spawn(InferenceBrokerActor, name="broker", config=config)
+        while len((await ref.ask("status"))["workers"]) < workers:
+            await trio.sleep(0.05)
+
+    _serve(spawn, ready)
+
+
+# -- clients (run in this process's thread of control, blocking pyzmq) -------------------
+def _bodies() -> list[bytes]:
+    from switchyard.apps.models import digits_heldout
+    from switchyard.testing.inference import digit_task
+
+    held = digits_heldout()
+    # Go's shape: base64 input, the seed's model_path form, string params
+    return [digit_task(f"bench-{i}", held.pixels[i].tobytes(), model_path="/models/digits_mlp.onnx",
+                       params={"meeting_id": "1", "user_id": "2"}) for i in range(len(held.labels))]
+
+
+_OK = b'"status":"success"'
+
+
+def single_client(endpoint: str, tasks: int) -> tuple[float, list[float], int]:
+    import zmq
+
+    bodies = _bodies()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(endpoint)
+    for i in range(50):  # warm-up (connection, threads, caches)
+        sock.send(bodies[i % len(bodies)])
+        sock.recv()
+    latencies = []
+    errors = 0
+    start = time.perf_counter()
+    for i in range(tasks):
+        t0 = time.perf_counter()
+        sock.send(bodies[i % len(bodies)])
+        reply = sock.recv()
+        latencies.append(time.perf_counter() - t0)
+        errors += _OK not in reply
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return tasks / elapsed, latencies, errors
+
+
+def many_clients(endpoint: str, clients: int, seconds: float) -> tuple[float, list[float], int]:
+    import zmq
+
+    bodies = _bodies()
+    ctx = zmq.Context.instance()
+    socks = []
+    for _ in range(clients):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        socks.append(s)
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    sent_at: dict[Any, float] = {}
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+
+    def send(s: Any) -> None:
+        nonlocal counter
+        sent_at[s] = time.perf_counter()
+        s.send_multipart([b"", bodies[counter % len(bodies)]])
+        counter += 1
+
+    # warm-up: one round trip per socket
+    for s in socks:
+        send(s)
+    for s in socks:
+        s.recv_multipart()
+    for s in socks:
+        send(s)
+    start = time.perf_counter()
+    deadline = start + seconds
+    done = 0
+    while True:
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        for s, _ in poller.poll(timeout=1000):
+            while True:
+                try:
+                    _, reply = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                t = time.perf_counter()
+                latencies.append(t - sent_at[s])
+                errors += _OK not in reply
+                done += 1
+                if t < deadline:
+                    send(s)
+    elapsed = time.perf_counter() - start
+    for s in socks:
+        s.close()
+    return done / elapsed, latencies, errors
+
+
+def paced_clients(endpoint: str, clients: int, rate: float, seconds: float) -> tuple[float, list[float], int]:
+    """Open loop: ``rate`` tasks/s in total, spread round-robin over ``clients`` DEALERs,
+    sent on schedule whether or not replies are back (in 1 ms ticks, so the client
+    sleeps in ``poll`` instead of spinning on the cores the service needs). Latency
+    counts from the actual send; the achieved rate shows whether the client kept up."""
+    import zmq
+
+    from switchyard.apps.models import digits_heldout
+    from switchyard.testing.inference import digit_task
+
+    held = digits_heldout()
+    total = int(rate * seconds)
+    bodies = [digit_task(f"{i}", held.pixels[i % len(held.labels)].tobytes(), model_path="/models/digits_mlp.onnx",
+                         params={"meeting_id": "1", "user_id": "2"}) for i in range(total)]
+    ctx = zmq.Context.instance()
+    socks = []
+    poller = zmq.Poller()
+    for _ in range(clients):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        poller.register(s, zmq.POLLIN)
+        socks.append(s)
+    for s in socks:  # warm-up: one round trip per socket
+        s.send_multipart([b"", digit_task("w", held.pixels[0].tobytes())])
+    for s in socks:
+        s.recv_multipart()
+    scheduled = [0.0] * total
+    latencies: list[float] = []
+    errors = 0
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    sent = 0
+    while len(latencies) < total:
+        now = time.perf_counter()
+        if now - start > seconds + 10:
+            errors += total - len(latencies)  # never answered
+            break
+        while sent < total and start + sent * interval <= now:
+            scheduled[sent] = time.perf_counter()
+            socks[sent % clients].send_multipart([b"", bodies[sent]])
+            sent += 1
+        for s, _ in poller.poll(timeout=1 if sent < total else 100):
+            while True:
+                try:
+                    _, reply = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                t = time.perf_counter()
+                task = int(reply[12 : reply.index(b'"', 12)])  # replies start {"task_id":"<n>"
+                latencies.append(t - scheduled[task])
+                errors += _OK not in reply
+    elapsed = time.perf_counter() - start
+    for s in socks:
+        s.close()
+    return len(latencies) / elapsed, latencies, errors
+
+
+def with_server(target: Any, args: tuple, measure: Any) -> Any:
+    from switchyard.testing import free_tcp_endpoint
+
+    ctx = multiprocessing.get_context("spawn")
+    endpoint = free_tcp_endpoint()
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(endpoint, *args, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("server did not start")
+        return measure(endpoint)
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--seconds", type=float, default=DURATION)
+    args = parser.parse_args()
+
+    b1 = [in_process(1) for _ in range(args.runs)]
+    b64 = [in_process(64) for _ in range(args.runs)]
+    limit_rows = [
+        ["batch 1", fmt(median(b1)), "1.00x"],
+        ["batch 64", fmt(median(b64)), ratio(median(b64), median(b1))],
+    ]
+    body = table(["in-process session.run (1 thread)", "rows/s (median)", "vs batch 1"], limit_rows)
+
+    # Each run starts one service process per configuration (interleaved, the machine is
+    # noisy) and measures, in this order: 1 REQ client, 64 closed-loop DEALERs, and for
+    # batching on the open-loop 10,000 tasks/s load.
+    configs = {"batching on": (64, False), "batching off": (1, False), "batching on + gc.freeze()": (64, True)}
+    results: dict[tuple[str, str], list[tuple[float, list[float], int]]] = {}
+    for _ in range(args.runs):
+        for label, (batch, freeze) in configs.items():
+            def measure(ep: str, label: str = label, batch: int = batch) -> None:
+                if label == "batching on" or label == "batching off":
+                    results.setdefault((label, "1 REQ client, lockstep"), []).append(single_client(ep, SINGLE_TASKS))
+                results.setdefault((label, f"{CLIENTS} DEALERs, closed loop"), []).append(
+                    many_clients(ep, CLIENTS, args.seconds))
+                if batch > 1:
+                    results.setdefault((label, f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"), []).append(
+                        paced_clients(ep, CLIENTS, PACED_RATE, args.seconds))
+
+            with_server(serve_inference, (batch, freeze), measure)
+    broker = with_server(serve_broker, (2,), lambda ep: many_clients(ep, CLIENTS, args.seconds))
+
+    def pooled(key: tuple[str, str]) -> tuple[float, float, float, int]:
+        runs = results[key]
+        lats = [x for _, ls, _ in runs for x in ls]
+        return median([r for r, _, _ in runs]), percentile(lats, 50) * 1e3, p99(lats) * 1e3, sum(e for *_, e in runs)
+
+    rows = []
+    for key in results:
+        rate, p50, tail, errors = pooled(key)
+        rows.append([f"service, {key[0]}, {key[1]}", fmt(rate), f"{p50:.2f}", f"{tail:.2f}", errors])
+    rows.append([f"broker + 2 worker processes, {CLIENTS} DEALERs, closed loop (1 run)", fmt(broker[0]),
+                 f"{percentile(broker[1], 50) * 1e3:.2f}", f"{p99(broker[1]) * 1e3:.2f}", broker[2]])
+    body += "\n\n" + table(["through ZeroMQ (tcp loopback, Go-shaped JSON tasks)", "tasks/s (median)", "p50 ms",
+                            "p99 ms", "errors"], rows)
+
+    closed = f"{CLIENTS} DEALERs, closed loop"
+    paced = f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"
+    on, _, _, _ = pooled(("batching on", closed))
+    off, _, _, _ = pooled(("batching off", closed))
+    paced_rate, _, paced_p99, _ = pooled(("batching on", paced))
+    _, _, frozen_p99, _ = pooled(("batching on + gc.freeze()", paced))
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    goal_rows = [
+        ["max tasks/s through ZeroMQ (closed loop, batching on)", fmt(on), ">= 10,000", verdict(on >= 10_000)],
+        [f"p99 at {PACED_RATE:,} tasks/s offered (ms), as shipped", f"{paced_p99:.2f} (achieved {fmt(paced_rate)}/s)",
+         "< 10", verdict(paced_p99 < 10 and paced_rate >= 0.98 * PACED_RATE)],
+        [f"p99 at {PACED_RATE:,} tasks/s offered (ms), gc.freeze() after start", f"{frozen_p99:.2f}", "< 10",
+         verdict(frozen_p99 < 10)],
+        ["batching on vs off (closed loop)", ratio(on, off), ">= 1.50x", verdict(on >= 1.5 * off)],
+        ["service vs in-process batch-1 session.run", ratio(on, median(b1)), "", ""],
+    ]
+    body += "\n\n" + table(["goal", "measured", "target", ""], goal_rows)
+    notes = (f"{args.runs} runs per configuration, interleaved, a fresh service process each; {SINGLE_TASKS} lockstep "
+             f"tasks per 1-client run; {args.seconds:g} s per {CLIENTS}-client load (closed loop: each DEALER sends "
+             f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); latency "
+             "percentiles pooled over runs. One blocking-pyzmq client process and the service share the 2 cores; "
+             "events are published (no subscriber) as in production.")
+    print(section("Inference service (ONNX digits MLP over ZeroMQ)", "python -m bench.bench_inference", body, notes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
