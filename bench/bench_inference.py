@@ -2,27 +2,31 @@
 
 1. The limit: in-process ``session.run`` of the bundled digits model, batch 1 and
    batch 64, no service at all (rows/s, one thread).
-2. Through the service over ZeroMQ (tcp loopback; service in its own process, like
-   the Go peer's server): Go-shaped JSON tasks (base64 input) from
-   * 1 REQ client in lockstep: p50/p99 latency and tasks/s,
-   * 64 concurrent DEALER clients (one socket each, closed loop: each sends its next
-     task when its reply arrives), all in one client process,
-   each with batching on (``max_batch_size = 64``) and off (``max_batch_size = 1``).
-   Every reply is checked for ``"status":"success"``; failures are reported.
-3. Once, for information: the same 64-client load through the scale-out broker with
-   two local worker processes.
+2. Through the service over ZeroMQ (tcp loopback; the service in its own process, a
+   fresh one per run), with Go-shaped JSON tasks (base64 input):
+   * 1 REQ client in lockstep (the Go client's pattern): p50/p99 and tasks/s;
+   * 64 DEALER clients, closed loop (each sends its next task when its reply is
+     back): the most the service does;
+   * 64 DEALER clients, open loop at 10,000 tasks/s offered: latency at that load;
+   with batching on (``max_batch_size = 64``) and off (``max_batch_size = 1``), and
+   once with ``gc_freeze_after_start = false`` to show what that setting buys.
+   Every reply is checked for ``"status":"success"``; failures are counted.
+3. Once, for information: the closed-loop load through the scale-out broker with two
+   local worker processes.
 
-Goal from the issue: >= 10,000 tasks/s with p99 < 10 ms at that load, and batching
->= 1.5x unbatched. The machine has 2 shared cores, which the client process, the
-service (and in 3. the broker and both workers) all share.
+Goals from the issue: >= 10,000 tasks/s with p99 < 10 ms at that load, and batching
+>= 1.5x unbatched. The 2 shared cores carry the client process and the service (and
+in 3. the broker and both workers); other agents' jobs on the same machine show up
+as a bad "worst run".
 
-Run: ``python -m bench.bench_inference`` (part of ``make bench``).
+Run: ``python -m bench.bench_inference`` (part of ``make bench``), ~35 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from typing import Any
@@ -31,7 +35,7 @@ import numpy as np
 
 from bench._stats import fmt, median, p99, percentile, ratio, section, table
 
-RUNS = 3
+RUNS = 4
 DURATION = 1.5  # seconds of load per measurement
 CLIENTS = 64
 SINGLE_TASKS = 1000
@@ -87,12 +91,8 @@ def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: 
 
     async def spawn(system: Any) -> None:
         config = InferenceConfig(endpoint=endpoint, events_endpoint=free_tcp_endpoint(),
-                                 max_batch_size=max_batch_size)
+                                 max_batch_size=max_batch_size, gc_freeze_after_start=gc_freeze)
         await system.spawn(InferenceActor, name="inference", config=config)
-        if gc_freeze:  # process-level tuning, measured separately (see docs/inference.md)
-            import gc
-
-            gc.freeze()
 
     _serve(spawn, ready)
 
@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--seconds", type=float, default=DURATION)
     args = parser.parse_args()
+    load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
     b1 = [in_process(1) for _ in range(args.runs)]
     b64 = [in_process(64) for _ in range(args.runs)]
@@ -303,7 +304,7 @@ def main() -> None:
     # Each run starts one service process per configuration (interleaved, the machine is
     # noisy) and measures, in this order: 1 REQ client, 64 closed-loop DEALERs, and for
     # batching on the open-loop 10,000 tasks/s load.
-    configs = {"batching on": (64, False), "batching off": (1, False), "batching on + gc.freeze()": (64, True)}
+    configs = {"batching on": (64, True), "batching off": (1, True), "batching on, gc_freeze_after_start off": (64, False)}
     results: dict[tuple[str, str], list[tuple[float, list[float], int]]] = {}
     for _ in range(args.runs):
         for label, (batch, freeze) in configs.items():
@@ -319,45 +320,51 @@ def main() -> None:
             with_server(serve_inference, (batch, freeze), measure)
     broker = with_server(serve_broker, (2,), lambda ep: many_clients(ep, CLIENTS, args.seconds))
 
-    def pooled(key: tuple[str, str]) -> tuple[float, float, float, int]:
+    def summary(key: tuple[str, str]) -> tuple[float, float, float, float, int]:
+        """Median over runs of tasks/s, p50 and p99; the worst run's p99; total errors.
+        (Per-run percentiles: one run hit by another agent's load shows in the worst
+        column instead of swamping a pooled p99.)"""
         runs = results[key]
-        lats = [x for _, ls, _ in runs for x in ls]
-        return median([r for r, _, _ in runs]), percentile(lats, 50) * 1e3, p99(lats) * 1e3, sum(e for *_, e in runs)
+        return (median([r for r, _, _ in runs]), median([percentile(ls, 50) for _, ls, _ in runs]) * 1e3,
+                median([p99(ls) for _, ls, _ in runs]) * 1e3, max(p99(ls) for _, ls, _ in runs) * 1e3,
+                sum(e for *_, e in runs))
 
     rows = []
     for key in results:
-        rate, p50, tail, errors = pooled(key)
-        rows.append([f"service, {key[0]}, {key[1]}", fmt(rate), f"{p50:.2f}", f"{tail:.2f}", errors])
+        rate, p50, tail, worst, errors = summary(key)
+        rows.append([f"service, {key[0]}, {key[1]}", fmt(rate), f"{p50:.2f}", f"{tail:.2f}", f"{worst:.2f}", errors])
     rows.append([f"broker + 2 worker processes, {CLIENTS} DEALERs, closed loop (1 run)", fmt(broker[0]),
-                 f"{percentile(broker[1], 50) * 1e3:.2f}", f"{p99(broker[1]) * 1e3:.2f}", broker[2]])
-    body += "\n\n" + table(["through ZeroMQ (tcp loopback, Go-shaped JSON tasks)", "tasks/s (median)", "p50 ms",
-                            "p99 ms", "errors"], rows)
+                 f"{percentile(broker[1], 50) * 1e3:.2f}", f"{p99(broker[1]) * 1e3:.2f}", "", broker[2]])
+    body += "\n\n" + table(["through ZeroMQ (tcp loopback, Go-shaped JSON tasks)", "tasks/s", "p50 ms", "p99 ms",
+                            "worst run p99 ms", "errors"], rows)
 
     closed = f"{CLIENTS} DEALERs, closed loop"
     paced = f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"
-    on, _, _, _ = pooled(("batching on", closed))
-    off, _, _, _ = pooled(("batching off", closed))
-    paced_rate, _, paced_p99, _ = pooled(("batching on", paced))
-    _, _, frozen_p99, _ = pooled(("batching on + gc.freeze()", paced))
+    on = summary(("batching on", closed))[0]
+    off = summary(("batching off", closed))[0]
+    paced_rate, _, paced_p99, _, _ = summary(("batching on", paced))
+    unfrozen_p99 = summary(("batching on, gc_freeze_after_start off", paced))[2]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
     goal_rows = [
         ["max tasks/s through ZeroMQ (closed loop, batching on)", fmt(on), ">= 10,000", verdict(on >= 10_000)],
-        [f"p99 at {PACED_RATE:,} tasks/s offered (ms), as shipped", f"{paced_p99:.2f} (achieved {fmt(paced_rate)}/s)",
+        [f"p99 at {PACED_RATE:,} tasks/s offered (ms)", f"{paced_p99:.2f} (achieved {fmt(paced_rate)}/s)",
          "< 10", verdict(paced_p99 < 10 and paced_rate >= 0.98 * PACED_RATE)],
-        [f"p99 at {PACED_RATE:,} tasks/s offered (ms), gc.freeze() after start", f"{frozen_p99:.2f}", "< 10",
-         verdict(frozen_p99 < 10)],
+        [f"same without gc_freeze_after_start (ms)", f"{unfrozen_p99:.2f}", "", ""],
         ["batching on vs off (closed loop)", ratio(on, off), ">= 1.50x", verdict(on >= 1.5 * off)],
         ["service vs in-process batch-1 session.run", ratio(on, median(b1)), "", ""],
     ]
     body += "\n\n" + table(["goal", "measured", "target", ""], goal_rows)
     notes = (f"{args.runs} runs per configuration, interleaved, a fresh service process each; {SINGLE_TASKS} lockstep "
              f"tasks per 1-client run; {args.seconds:g} s per {CLIENTS}-client load (closed loop: each DEALER sends "
-             f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); latency "
-             "percentiles pooled over runs. One blocking-pyzmq client process and the service share the 2 cores; "
-             "events are published (no subscriber) as in production.")
+             f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); "
+             "tasks/s, p50 and p99 are medians of the per-run figures. One blocking-pyzmq client process and the "
+             "service share the 2 cores; events are published (no subscriber) as in production. Load average "
+             f"(1/5/15 min) when the bench started: {load_before}; when it ended: "
+             f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (above ~1, other jobs were competing for the cores "
+             "and every figure here suffers).")
     print(section("Inference service (ONNX digits MLP over ZeroMQ)", "python -m bench.bench_inference", body, notes))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -397,3 +398,28 @@ async def test_in_process_ask() -> None:
     async with _service(events_endpoint="") as svc:
         reply = await svc.ref.ask(TaskRequest(task_id="a", task_type="digit_recognition", input_data=pixels(5)))
         assert reply.ok and reply.result["label"] == str(HELD.labels[5])
+
+
+async def test_slow_task_gets_a_timeout_reply_and_busy_beyond_max_in_flight() -> None:
+    # a batch window of 1 s holds every task long enough to see both limits act
+    async with _service(max_delay_ms=1000.0, request_timeout=0.3, max_in_flight=1) as svc:
+
+        def two_at_once() -> list[TaskReply]:
+            ctx = zmq.Context.instance()
+            socks = [ctx.socket(zmq.DEALER) for _ in range(2)]
+            try:
+                for n, sock in enumerate(socks):
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.setsockopt(zmq.RCVTIMEO, 5000)
+                    sock.connect(svc.endpoint)
+                socks[0].send_multipart([b"", digit_task("slow", pixels(0))])
+                time.sleep(0.1)
+                socks[1].send_multipart([b"", digit_task("second", pixels(1))])
+                return [parse_reply(sock.recv_multipart()[1]) for sock in socks]
+            finally:
+                for sock in socks:
+                    sock.close()
+
+        slow, second = await trio.to_thread.run_sync(two_at_once)
+        assert second.status == "error" and second.task_id == "second" and second.error.startswith("busy: 1 tasks")
+        assert slow.status == "error" and slow.task_id == "slow" and "timed out" in slow.error

@@ -18,6 +18,7 @@ becomes an ``error`` reply in the request's own format (JSON or msgpack).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -75,6 +76,11 @@ class EngineConfig:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     #: Tasks admitted at once; beyond this a task gets a "busy" error reply at once.
     max_in_flight: int = 4096
+    #: After the models are loaded, collect garbage once and ``gc.freeze()`` what is left
+    #: (modules, sessions, config: all long-lived), so later full collections skip it.
+    #: Without this a full collection stalls the event loop ~10 ms, which alone broke
+    #: the p99 goal at 10,000 tasks/s (docs/inference.md). Process-wide; off = False.
+    gc_freeze_after_start: bool = True
 
 
 @attrs.frozen
@@ -206,6 +212,9 @@ class InferenceEngine:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Preload models, report ready, then host the batchers until cancelled."""
         await self.registry.preload()
+        if self.config.gc_freeze_after_start:
+            gc.collect()
+            gc.freeze()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()

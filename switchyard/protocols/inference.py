@@ -29,6 +29,7 @@ from __future__ import annotations
 import binascii
 import datetime as _dt
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -323,6 +324,20 @@ class TaskEvent:
 _RESERVED = frozenset({"task_id", "task_type", "status", "error", "latency", "timestamp"})
 
 
+_stamp_cache: list[Any] = [None, ""]
+
+
+def _utc_stamp(now: _dt.datetime | None) -> str:
+    """``2025-01-09T10:05:00Z``; formatted once per second (this runs for every task)."""
+    if now is not None:
+        return now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = int(time.time())
+    if _stamp_cache[0] != second:
+        moment = _dt.datetime.fromtimestamp(second, _dt.timezone.utc)
+        _stamp_cache[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return _stamp_cache[1]
+
+
 def task_event(
     task_type: str,
     reply: TaskReply,
@@ -338,7 +353,7 @@ def task_event(
     strings they arrived as), ``latency`` (ms), ``error`` for failures and
     ``timestamp`` (UTC, ``2025-01-09T10:05:00Z``; ``now`` fixes it for tests).
     """
-    moment = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    stamp = _utc_stamp(now)
     payload: dict[str, Any] = {"task_id": reply.task_id, "task_type": task_type, "status": reply.status}
     for key, value in (params or {}).items():
         if key.endswith("_id") and key not in _RESERVED:
@@ -349,7 +364,7 @@ def task_event(
     if not reply.ok:
         payload["error"] = reply.error
     payload["latency"] = reply.latency
-    payload["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    payload["timestamp"] = stamp
     suffix = "completed" if reply.ok else "failed"
     return TaskEvent(type=f"{task_type}.{suffix}", payload=payload)
 

@@ -160,7 +160,11 @@ def decode_rows(data: bytes | bytearray | memoryview, spec: InputSpec, rows: int
     elif size != rows * per:
         expected = f"{per} bytes ({spec.describe()})" if rows == 1 else f"{rows} x {per} bytes"
         raise TensorError(f"input has {size} bytes; expected {expected}")
-    raw = np.frombuffer(data, dtype=DTYPES[spec.dtype])
+    dtype = DTYPES[spec.dtype]
+    raw = np.frombuffer(data, dtype=dtype)
+    if dtype.kind in "iu" and dtype.itemsize <= 2 and spec.scale == 1.0 and spec.offset == 0.0:
+        # the common case (pixels, samples): exact in float32, nothing can overflow
+        return raw.astype(np.float32).reshape((rows, *spec.shape))
     with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf, checked below
         values = raw.astype(np.float32)
         if spec.scale != 1.0:
