@@ -17,6 +17,9 @@ Wire protocol (JSON frames, UTF-8):
   does not drop when the parent is slow (``XPUB_NODROP``): ``push_message`` then
   blocks up to ``PUSH_TIMEOUT`` seconds and returns ``False`` if it still cannot queue.
 
+The child exits by itself (``os._exit``, user threads or not) when its parent dies,
+checked every second between commands, so a killed server leaves no orphan behind.
+
 ``push_message(event, data)`` is injected into ``main`` before it runs and again
 after (so a ``push_message = None`` placeholder in the user's module is replaced),
 and into the project's other modules that define ``push_message = None``.
@@ -42,6 +45,7 @@ import zmq
 
 PUSH_TIMEOUT = 5.0
 SUBSCRIBE_TIMEOUT = 10.0
+PARENT_CHECK_MS = 1000
 RESERVED_EVENTS = frozenset({"callback", "connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
 
@@ -283,7 +287,12 @@ def main(argv: list[str]) -> int:
     rep.setsockopt(zmq.LINGER, 0)
     rep.connect(cmd_endpoint)
     project = Project(root, Pusher(pub))
+    parent = os.getppid()
     while True:
+        # Wake up now and then: if the parent died without stopping us, go too.
+        while not rep.poll(PARENT_CHECK_MS, zmq.POLLIN):
+            if os.getppid() != parent:
+                os._exit(4)
         raw = rep.recv()
         try:
             request = json.loads(raw)

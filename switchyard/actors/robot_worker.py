@@ -85,6 +85,7 @@ class _Process:
     expected_exit: bool = False  # we stopped it (update, timeout, shutdown)
     busy: bool = False  # a call is in flight
     died_in_call: bool = False  # it exited while busy: that caller reports it
+    call_scope: trio.CancelScope | None = None  # cancelled if the process exits mid-call
     loaded: bool = False  # a start/process succeeded, so current/ was there
 
 
@@ -237,15 +238,17 @@ class RobotWorkerActor(Actor):
         worker.busy = True
         try:
             with trio.move_on_after(timeout) as timer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when, worker.exited, nursery.cancel_scope)
+                with trio.CancelScope() as scope:
+                    worker.call_scope = scope
+                    if worker.exited.is_set():
+                        scope.cancel()
                     try:
                         await worker.req.send(body)
                         raw = await worker.req.recv()
                     except trio.ClosedResourceError:
                         pass  # the process is gone and its socket closed with it
-                    nursery.cancel_scope.cancel()
         finally:
+            worker.call_scope = None
             worker.busy = False
         if raw is not None:
             try:
@@ -346,17 +349,14 @@ class RobotWorkerActor(Actor):
                 self.log.warning("cannot deliver pushed events to %r: %s", self.config.notify, exc)
 
 
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
 async def _watch_exit(worker: _Process) -> None:
     try:
         await worker.process.wait()
     finally:
         worker.died_in_call = worker.busy
         worker.exited.set()
+        if worker.call_scope is not None:
+            worker.call_scope.cancel()
 
 
 def _unlink_ipc(endpoint: str) -> None:
@@ -383,3 +383,4 @@ def _describe_call(command: str, params: Any) -> str:
         name = ".".join(str(p) for p in (params.get("object"), params.get("method")) if p)
         return f"process {name}()" if name else "process"
     return command
+

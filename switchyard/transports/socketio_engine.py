@@ -34,7 +34,7 @@ from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, PacketType, ServerSession, SessionState, Transport
 from switchyard.transports.http_server import Request, Response
 
-__all__ = ["EngineConfig", "EngineSocket", "EngineServer", "SessionEnded", "origin_allowed"]
+__all__ = ["EngineConfig", "EngineSocket", "EngineServer", "SessionEnded", "origin_allowed", "held"]
 
 log = logging.getLogger("switchyard.transports.engineio")
 
@@ -89,6 +89,11 @@ class EngineSocket:
         self.request = request
         self._inbound_send, self._inbound = trio.open_memory_channel[str | bytes](config.max_queued_messages)
         self._changed = trio.Event()
+        self._waiters = 0
+        # WebSocket mode: frames are written by whoever queues them (no extra task hop)
+        self._ws_send: Callable[[list[str | bytes]], Awaitable[None]] | None = None
+        self._write_lock = trio.Lock()
+        self._writer_kick = trio.Event()
         self.closed = trio.Event()
         self.close_reason: str | None = None
 
@@ -105,6 +110,13 @@ class EngineSocket:
         """The next message from the client; raises :class:`SessionEnded` once closed."""
         try:
             return await self._inbound.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise SessionEnded(self.close_reason or "closed") from None
+
+    def receive_nowait(self) -> str | bytes:
+        """A message already received, or ``trio.WouldBlock``; :class:`SessionEnded` once closed."""
+        try:
+            return self._inbound.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise SessionEnded(self.close_reason or "closed") from None
 
@@ -131,7 +143,10 @@ class EngineSocket:
         if session.state is not SessionState.OPEN:
             raise SessionEnded(self.close_reason or "closed")
         session.send_many(items)
-        self._notify()
+        if self._ws_send is not None:
+            await self._flush_ws()
+        else:
+            self._notify()
 
     def close(self, reason: str = "server close") -> None:
         """Close the session: queued messages and a CLOSE packet still go out."""
@@ -140,11 +155,40 @@ class EngineSocket:
 
     # -- internals ------------------------------------------------------------------
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        """Something changed: wake waiting polls / senders, and the WebSocket writer."""
+        if self._waiters:
+            self._changed.set()
+            self._changed = trio.Event()
+        session = self.session
+        if self._ws_send is not None and (session.pending or session.state is not SessionState.OPEN):
+            self._writer_kick.set()
 
     async def _wait_changed(self) -> None:
-        await self._changed.wait()
+        self._waiters += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiters -= 1
+
+    async def _flush_ws(self) -> None:
+        """Write everything queued to the WebSocket, as one batch (one syscall)."""
+        send = self._ws_send
+        if send is None or not self.session.has_outgoing(Transport.WEBSOCKET):
+            return
+        async with held(self._write_lock):
+            packets = self.session.take_outgoing(Transport.WEBSOCKET)
+            if not packets:
+                return
+            if self._waiters:
+                self._changed.set()
+                self._changed = trio.Event()
+            try:
+                await send([eio.encode_packet(p) for p in packets])
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._abort("transport close")
+                raise SessionEnded(self.close_reason or "transport close") from None
+            if self.session.state is SessionState.CLOSED:
+                self._writer_kick.set()  # the CLOSE packet went out: the writer closes the socket
 
     def _deliver(self, events: list[eio.SessionEvent]) -> None:
         for event in events:
@@ -328,18 +372,20 @@ class EngineServer:
     # -- WebSocket ------------------------------------------------------------------
     async def handle_upgrade(self, request: Request, stream: trio.abc.Stream) -> None:
         """Serve a WebSocket handshake on ``stream`` (owns and closes it)."""
+        corked = _CorkableStream(stream)
         async with trio.open_nursery() as nursery:
             try:
                 ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=self.config.max_payload, message_queue_size=64
+                    nursery, corked, max_message_size=self.config.max_payload, message_queue_size=64
                 )
-                await self._serve_websocket(request, ws_request)
+                await self._serve_websocket(request, ws_request, corked)
             finally:
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
-    async def _serve_websocket(self, request: Request, ws_request: trio_websocket.WebSocketRequest) -> None:
+    async def _serve_websocket(self, request: Request, ws_request: trio_websocket.WebSocketRequest,
+                               stream: _CorkableStream) -> None:
         cors, allowed = self._cors(request)
         if request.path.rstrip("/") + "/" != self.config.path:
             await ws_request.reject(404)
@@ -364,7 +410,7 @@ class EngineServer:
                 return
             ws = await ws_request.accept()
             await ws.send_message(eio.encode_packet(sock.session.handshake().to_packet()))
-            await self._websocket_session(sock, ws)
+            await self._websocket_session(sock, ws, stream)
             return
         sock = self.sessions.get(target.sid)
         if sock is None:
@@ -372,9 +418,9 @@ class EngineServer:
             return
         ws = await ws_request.accept()
         if await self._upgrade(sock, ws):
-            await self._websocket_session(sock, ws)
+            await self._websocket_session(sock, ws, stream)
         else:
-            await ws.aclose()
+            await _close_websocket(ws)
 
     async def _upgrade(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> bool:
         session = sock.session
@@ -393,11 +439,24 @@ class EngineServer:
         sock._notify()
         return True
 
-    async def _websocket_session(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ws_writer, sock, ws)
-            await self._ws_reader(sock, ws)
-            nursery.cancel_scope.cancel()
+    async def _websocket_session(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection,
+                                 stream: _CorkableStream) -> None:
+        async def send(frames: list[str | bytes]) -> None:
+            stream.cork()  # every frame of the batch goes out in one write
+            try:
+                for frame in frames:
+                    await ws.send_message(frame)
+            finally:
+                await stream.uncork()
+
+        sock._ws_send = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ws_writer, sock, ws)
+                await self._ws_reader(sock, ws)
+                nursery.cancel_scope.cancel()
+        finally:
+            sock._ws_send = None
         await _close_websocket(ws)
 
     async def _ws_reader(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
@@ -419,20 +478,16 @@ class EngineServer:
             sock._receive_packets([packet])
 
     async def _ws_writer(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
-        session = sock.session
+        """Writes what nobody flushed directly (pings, the CLOSE packet, packets queued
+        before the upgrade) and closes the socket once the session is closed."""
         try:
             while True:
-                packets = session.take_outgoing(Transport.WEBSOCKET)
-                if packets:
-                    sock._notify()
-                    for packet in packets:
-                        await ws.send_message(eio.encode_packet(packet))
-                    continue
-                if session.state is not SessionState.OPEN:
+                await sock._flush_ws()
+                if sock.session.state is SessionState.CLOSED:
                     break
-                await sock._wait_changed()
-        except trio_websocket.ConnectionClosed:
-            sock._abort("transport close")
+                await sock._writer_kick.wait()
+                sock._writer_kick = trio.Event()
+        except SessionEnded:
             return
         await _close_websocket(ws)
 
@@ -475,3 +530,63 @@ async def _close_websocket(ws: trio_websocket.WebSocketConnection, timeout: floa
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + timeout
         await ws.aclose()
+
+
+class _CorkableStream(trio.abc.Stream):
+    """Passes everything through, except that ``send_all`` only buffers while corked.
+
+    trio-websocket writes each frame with its own ``send_all``; corking around a batch
+    of frames turns N small writes (and N TCP segments) into one.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._corked = False
+        self._buffer = bytearray()
+
+    def cork(self) -> None:
+        self._corked = True
+
+    async def uncork(self) -> None:
+        self._corked = False
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            await self._stream.send_all(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._corked:
+            self._buffer += data
+            return
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class held:  # noqa: N801 - used like a function: ``async with held(lock):``
+    """Hold a ``trio.Lock``; when it is free, take it without a trip through the scheduler.
+
+    ``async with lock`` always checkpoints; on the per-message paths here that is one
+    more scheduler round per message for a lock that is almost never contended.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()

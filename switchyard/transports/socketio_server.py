@@ -29,11 +29,13 @@ import trio
 
 from switchyard.protocols import socketio as sio
 from switchyard.transports.http_server import HttpLimits, HttpServer
-from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded
+from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded, held
 
 __all__ = ["SocketIOConfig", "SocketIOServer", "SocketIOClient", "SocketIOHandler", "ConnectRefused"]
 
 log = logging.getLogger("switchyard.transports.socketio")
+
+_BATCH = 64  # messages handled between two flushes at most
 
 
 @attrs.frozen
@@ -122,7 +124,7 @@ class _Link:
 
     async def flush(self) -> None:
         # The lock keeps packets in protocol order when several tasks emit at once.
-        async with self._send_lock:
+        async with held(self._send_lock):
             frames = self.conn.take_outgoing()
             if frames:
                 await self.sock.send_many(frames)
@@ -190,14 +192,35 @@ class SocketIOServer:
             link.sock.close("connect timeout")
 
     async def _read_loop(self, link: _Link) -> None:
+        sock = link.sock
+        while True:
+            try:
+                batch = [await sock.receive()]
+            except SessionEnded:
+                return
+            # Take what has already arrived too, and answer it all with one flush.
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(sock.receive_nowait())
+                except (trio.WouldBlock, SessionEnded):
+                    break
+            if not await self._handle_batch(link, batch):
+                return
+            try:
+                await link.flush()
+            except SessionEnded:
+                return
+
+    async def _handle_batch(self, link: _Link, batch: list[str | bytes]) -> bool:
+        """Handle messages in order; False once the session is being closed."""
         sock, conn = link.sock, link.conn
-        async for message in sock:
+        for message in batch:
             try:
                 events = conn.receive(message)
             except sio.SocketIOError as exc:
                 self.log.warning("session %s (%s): protocol error, closing: %s", sock.sid, sock.request.client, exc)
                 sock.close("parse error")
-                return
+                return False
             for event in events:
                 if isinstance(event, sio.EventReceived):
                     await self._on_event(link, event)
@@ -211,10 +234,7 @@ class SocketIOServer:
                     self.log.debug("session %s: %s", sock.sid, event.reason)
                 else:  # AckReceived: we never ask the client for acks
                     self.log.debug("session %s: unexpected %r", sock.sid, event)
-            try:
-                await link.flush()
-            except SessionEnded:
-                return
+        return True
 
     async def _on_connect(self, link: _Link, event: sio.ConnectRequested) -> None:
         conn, nsp, cfg = link.conn, event.nsp, self.config
