@@ -15,6 +15,7 @@ import trio
 
 from switchyard.actors import robot_project
 from switchyard.testing.socketio import open_robot_app, project_zip
+from test_robot_project import symlink_zip
 
 MAX_EXEC = 1.5
 
@@ -162,6 +163,7 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
     assert out["positional"]["data"] == 15
     assert out["fail"]["status"] == "error" and out["fail"]["message"] == "ValueError: bad value"
     assert out["fail"]["data"]["error_type"] == "ValueError"
+    assert "main.py" in out["fail"]["data"]["traceback"] and "robot_child" not in out["fail"]["data"]["traceback"]
     assert out["missing"]["status"] == "error" and "no attribute 'fly'" in out["missing"]["message"]
     assert out["private"]["status"] == "error" and "not a public name" in out["private"]["message"]
     assert out["notify"]["data"] == {"status": "started"}
@@ -194,24 +196,9 @@ async def test_second_client_refused(tmp_path: Path) -> None:
     assert still["status"] == "success"
 
 
-def _symlink_zip() -> bytes:
-    import io
-    import stat
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        archive.writestr("main.py", "x = 1\n")
-        info = zipfile.ZipInfo("link")
-        info.create_system = 3
-        info.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(info, "/etc/passwd")
-    return buf.getvalue()
-
-
 HOSTILE = {
     "traversal": (project_zip({"main.py": "x=1", "../../escape.py": "boom"}), "path traversal"),
-    "symlink": (_symlink_zip(), "symlink"),
+    "symlink": (symlink_zip(), "symlink"),
     "bomb": (project_zip({"main.py": "x=1", "zeros.bin": b"\0" * (8 << 20)}), "zip bomb"),
     "no_main": (project_zip({"app.py": "x=1"}), "no main.py"),
     "not_zip": (b"definitely not a zip" * 50, "not a valid ZIP"),

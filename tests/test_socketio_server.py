@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import socketio
 import trio
 import trio_websocket
@@ -352,3 +354,49 @@ async def test_handler_refusal_reaches_client() -> None:
             return "connected"
 
         assert "robot is charging" in await trio.to_thread.run_sync(run)
+
+
+_REQUEST_LINES = st.sampled_from([b"GET /socket.io/?EIO=4&transport=polling", b"POST /socket.io/?EIO=4&transport=polling&sid=x",
+                                  b"GET /socket.io/?EIO=4&transport=websocket", b"OPTIONS /socket.io/", b"GET /"])
+_HTTPISH = st.builds(
+    lambda line, version, headers, body: line + version + b"\r\n" + headers + b"\r\n\r\n" + body,
+    _REQUEST_LINES, st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/9", b""]),
+    st.binary(max_size=200), st.binary(max_size=200),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(garbage=st.one_of(st.binary(min_size=1, max_size=400), _HTTPISH))
+async def test_http_garbage_never_breaks_the_server(garbage: bytes) -> None:
+    async with serve() as (port, _, server):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await stream.send_all(garbage)
+            with trio.move_on_after(0.3):
+                while await stream.receive_some(65536):
+                    pass
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await stream.aclose()
+        async with httpx.AsyncClient() as http:
+            await handshake(http, port)  # still serving
+
+
+@pytest.mark.parametrize("headers", [
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # no key, no version
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 8\r\n",
+])
+async def test_bad_websocket_handshakes(headers: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    async with serve() as (port, _, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        answer = b""
+        with trio.move_on_after(2):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:80]
+        async with httpx.AsyncClient() as http:
+            await handshake(http, port)
+    assert "HTTP connection failed" not in caplog.text

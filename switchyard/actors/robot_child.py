@@ -90,9 +90,16 @@ def _error(message: str, data: Any = None) -> dict[str, Any]:
 def _exception_reply(exc: BaseException, doing: str) -> dict[str, Any]:
     return _error(
         f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-        {"error_type": type(exc).__name__, "during": doing,
-         "traceback": "".join(traceback.format_exception(exc)[-8:])},
+        {"error_type": type(exc).__name__, "during": doing, "traceback": _user_traceback(exc)},
     )
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without this file's frames: what the project's author needs."""
+    summary = traceback.TracebackException.from_exception(exc)
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack if frame.filename != __file__][-20:])
+    return "".join(summary.format())
 
 
 class Pusher:
