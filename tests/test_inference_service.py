@@ -278,7 +278,7 @@ def _run_dealers(endpoint: str, mix: list) -> dict[str, Any]:
         for n, (kind, start, rows) in enumerate(mix):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVTIMEO, 3_000)
+            sock.setsockopt(zmq.RCVTIMEO, 10_000)
             sock.connect(endpoint)
             socks.append(sock)
         for n, (kind, start, rows) in enumerate(mix):
