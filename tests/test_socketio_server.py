@@ -400,3 +400,36 @@ async def test_bad_websocket_handshakes(headers: bytes, caplog: pytest.LogCaptur
         async with httpx.AsyncClient() as http:
             await handshake(http, port)
     assert "HTTP connection failed" not in caplog.text
+
+
+async def test_disconnect_frees_the_slot_while_a_handler_is_busy() -> None:
+    release = trio.Event()
+
+    class Busy(Recorder):
+        async def on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any:
+            if name == "block":
+                await release.wait()
+            return await super().on_event(client, name, args)
+
+    handler = Busy()
+    async with serve(handler, max_clients=1) as (port, _, server):
+        async with trio_websocket.open_websocket_url(
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        ) as ws:
+            await ws.get_message()
+            await ws.send_message("40")
+            await ws.get_message()
+            await ws.send_message('421["block"]')
+            await trio.sleep(0.1)
+        with trio.fail_after(5):
+            await handler.disconnected.wait()  # while "block" is still running
+        assert handler.disconnects == ["transport close"] and not server.clients
+
+        def reconnect() -> Any:
+            client = _sync_client(port, transports=["websocket"])
+            result = client.call("echo", "back", timeout=5)
+            client.disconnect()
+            return result
+
+        assert await trio.to_thread.run_sync(reconnect) == "back"
+        release.set()

@@ -174,15 +174,25 @@ class SocketIOServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connect_timeout, link)
+                nursery.start_soon(self._on_session_closed, link)
                 await self._read_loop(link)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.config.disconnect_timeout
-                reason = sock.close_reason or "transport close"
-                link.conn.transport_closed(reason)
-                for client in list(link.clients.values()):
-                    await link.disconnected(client, reason)
+                await self._disconnect_all(link)
+
+    async def _on_session_closed(self, link: _Link) -> None:
+        # Disconnect at once, even while an event handler is still busy (its ack is then
+        # dropped): the client's slot frees up for a reconnecting client right away.
+        await link.sock.closed.wait()
+        await self._disconnect_all(link)
+
+    async def _disconnect_all(self, link: _Link) -> None:
+        reason = link.sock.close_reason or "transport close"
+        link.conn.transport_closed(reason)
+        for client in list(link.clients.values()):
+            await link.disconnected(client, reason)
 
     async def _connect_timeout(self, link: _Link) -> None:
         await trio.sleep(self.config.connect_timeout)
