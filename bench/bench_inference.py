@@ -154,6 +154,18 @@ def single_client(endpoint: str, tasks: int) -> tuple[float, list[float], int]:
     return tasks / elapsed, latencies, errors
 
 
+def _queued_replies(sock: Any) -> Any:
+    """The reply bodies already queued on a DEALER socket (``[b"", body]`` messages)."""
+    import zmq
+
+    while True:
+        try:
+            _, reply = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        yield reply
+
+
 def many_clients(endpoint: str, clients: int, seconds: float) -> tuple[float, list[float], int]:
     import zmq
 
@@ -194,11 +206,7 @@ def many_clients(endpoint: str, clients: int, seconds: float) -> tuple[float, li
         if now >= deadline:
             break
         for s, _ in poller.poll(timeout=1000):
-            while True:
-                try:
-                    _, reply = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for reply in _queued_replies(s):
                 t = time.perf_counter()
                 latencies.append(t - sent_at[s])
                 errors += _OK not in reply
@@ -254,11 +262,7 @@ def paced_clients(endpoint: str, clients: int, rate: float, seconds: float) -> t
             socks[sent % clients].send_multipart([b"", bodies[sent]])
             sent += 1
         for s, _ in poller.poll(timeout=1 if sent < total else 100):
-            while True:
-                try:
-                    _, reply = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for reply in _queued_replies(s):
                 t = time.perf_counter()
                 task = int(reply[12 : reply.index(b'"', 12)])  # replies start {"task_id":"<n>"
                 latencies.append(t - scheduled[task])
@@ -304,7 +308,11 @@ def main() -> None:
     # Each run starts one service process per configuration (interleaved, the machine is
     # noisy) and measures, in this order: 1 REQ client, 64 closed-loop DEALERs, and for
     # batching on the open-loop 10,000 tasks/s load.
-    configs = {"batching on": (64, True), "batching off": (1, True), "batching on, gc_freeze_after_start off": (64, False)}
+    configs = {
+        "batching on": (64, True),
+        "batching off": (1, True),
+        "batching on, gc_freeze_after_start off": (64, False),
+    }
     results: dict[tuple[str, str], list[tuple[float, list[float], int]]] = {}
     for _ in range(args.runs):
         for label, (batch, freeze) in configs.items():

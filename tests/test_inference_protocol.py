@@ -103,8 +103,10 @@ def test_arbitrary_bytes_only_raise_task_error(body: bytes) -> None:
         assert str(exc)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=6)))
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+))
 def test_arbitrary_json_only_raises_task_error(obj: object) -> None:
     try:
         parse_request(json_codec.encode(obj))
@@ -161,7 +163,9 @@ def attrs_normalised(reply: TaskReply) -> TaskReply:
 
 def test_success_reply_is_what_the_go_client_unmarshals() -> None:
     body = encode_reply(TaskReply.success("t1", {"label": "7", "confidence": 0.98}, 3))
-    assert body == b'{"task_id":"t1","status":"success","result":{"label":"7","confidence":0.98},"error":"","latency":3}'
+    assert body == (
+        b'{"task_id":"t1","status":"success","result":{"label":"7","confidence":0.98},"error":"","latency":3}'
+    )
 
 
 def test_unencodable_result_becomes_an_error_reply() -> None:

@@ -173,12 +173,13 @@ async def test_remote_worker_dying_is_noticed_by_heartbeat_and_task_moves() -> N
 
         command = [sys.executable, "-m", "switchyard.actors.inference_worker", "--config", "-"]
         async with trio.open_nursery() as nursery:
-            slow = await nursery.start(partial(trio.run_process, command, stdin=worker_config("slow", True), check=False))
+            start = partial(trio.run_process, command, check=False)
+            slow = await nursery.start(partial(start, stdin=worker_config("slow", True)))
             await wait_for(ref, lambda s: len(s["workers"]) == 1)
             box: list[TaskReply] = []
             await send_in_background(nursery, endpoint, digit_task("moved", pixels(9)), box)
             await wait_for(ref, busy_worker)
-            fast = await nursery.start(partial(trio.run_process, command, stdin=worker_config("fast", False), check=False))
+            fast = await nursery.start(partial(start, stdin=worker_config("fast", False)))
             await wait_for(ref, lambda s: len(s["workers"]) == 2)
             slow.kill()  # SIGKILL: no BYE, no more heartbeats
             with trio.fail_after(10):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 import zmq
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchyard import open_system
@@ -28,6 +28,7 @@ from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.inference import bundled_digit_predictions, digit_task, req_roundtrips
 
 HELD = digits_heldout()
+OUTSIDE = "outside the models directory"
 
 
 @attrs.frozen
@@ -132,7 +133,8 @@ async def test_scale_param_for_0_255_pixels(service: Service) -> None:
     bodies = [digit_task(f"g{i}", grey[i].tobytes(), params={"scale": str(16 / 255)}) for i in range(20)]
     replies = [parse_reply(f) for [f] in await roundtrips(service.endpoint, bodies)]
     assert all(r.ok for r in replies)
-    plain = [parse_reply(f) for [f] in await roundtrips(service.endpoint, [digit_task(f"p{i}", pixels(i)) for i in range(20)])]
+    plain_bodies = [digit_task(f"p{i}", pixels(i)) for i in range(20)]
+    plain = [parse_reply(f) for [f] in await roundtrips(service.endpoint, plain_bodies)]
     assert [r.result["label"] for r in replies] == [r.result["label"] for r in plain]
 
 
@@ -142,10 +144,10 @@ async def test_scale_param_for_0_255_pixels(service: Service) -> None:
 @pytest.mark.parametrize(
     "body, task_id, needle",
     [
-        (digit_task("trav1", bytes(64), model_path="/models/../../../etc/passwd"), "trav1", "outside the models directory"),
-        (digit_task("trav2", bytes(64), model_path="../inference.py"), "trav2", "outside the models directory"),
-        (digit_task("trav3", bytes(64), model_path="/etc/passwd"), "trav3", "outside the models directory"),
-        (digit_task("trav4", bytes(64), model_path="/models/%2e%2e/x\x00.onnx"), "trav4", "outside the models directory"),
+        (digit_task("trav1", bytes(64), model_path="/models/../../../etc/passwd"), "trav1", OUTSIDE),
+        (digit_task("trav2", bytes(64), model_path="../inference.py"), "trav2", OUTSIDE),
+        (digit_task("trav3", bytes(64), model_path="/etc/passwd"), "trav3", OUTSIDE),
+        (digit_task("trav4", bytes(64), model_path="/models/%2e%2e/x\x00.onnx"), "trav4", OUTSIDE),
         (digit_task("unk1", bytes(64), model_path="/models/whisper_base.onnx"), "unk1", "does not exist"),
         (digit_task("unk2", bytes(64), task_type="speech_recognition"), "unk2", "known task types: digit_recognition"),
         (digit_task("mis", bytes(64), task_type="emotion_detection", model_path="digits"), "mis",
@@ -195,7 +197,7 @@ async def test_models_dir_errors_not_onnx_and_broken_declared_model(tmp_path: Pa
         cases = [
             (digit_task("n1", bytes(64), model_path="/models/notes.onnx"), "is not an ONNX model"),
             (digit_task("n2", bytes(64), model_path="readme.txt"), "is not an ONNX model"),
-            (digit_task("n3", bytes(64), model_path="/models/link.onnx"), "outside the models directory"),
+            (digit_task("n3", bytes(64), model_path="/models/link.onnx"), OUTSIDE),
             (digit_task("n4", bytes(64), task_type="emotion_detection"), "not a loadable ONNX model"),
             (digit_task("n5", bytes(64), model_path=str(tmp_path / "digits_mlp.onnx")), None),
         ]

@@ -29,11 +29,18 @@ from switchyard.actors.inference_engine import EngineConfig, InferenceEngine, Se
 from switchyard.actors.inference_events import EventPublisher
 from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.protocols.inference import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
-from switchyard.protocols.inference_binary import encode_binary_reply
 from switchyard.runtime import Actor
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
-__all__ = ["FailureLog", "InferenceActor", "InferenceConfig", "error_reply_for", "failure_reply"]
+__all__ = [
+    "FailureLog",
+    "InferenceActor",
+    "InferenceConfig",
+    "error_reply_for",
+    "failure_reply",
+    "start_client_server",
+    "start_events",
+]
 
 
 @attrs.frozen
@@ -78,9 +85,37 @@ def failure_reply(message: str, frames: list[Any]) -> bytes:
                 task_id = header["task_id"]
         except CodecError:
             pass
-        return encode_binary_reply(TaskReply.failure(task_id, message))
+        return encode_reply(TaskReply.failure(task_id, message), msgpack_codec)
     task_id = sniff_task_id(_frame_bytes(frames[0])) if frames else ""
     return encode_reply(TaskReply.failure(task_id, message))
+
+
+async def start_events(actor: Actor, config: Any) -> tuple[EventPublisher | None, str | None]:
+    """Start ``actor``'s ``ai_events`` publisher from ``config.events_endpoint``/``events_topic``
+    in its nursery; ``(None, None)`` when ``events_endpoint`` is empty."""
+    if not config.events_endpoint:
+        return None, None
+    events = EventPublisher(config.events_endpoint, topic=config.events_topic.encode("utf-8"), logger=actor.log)
+    return events, await actor.nursery.start(events.run)
+
+
+async def start_client_server(actor: Actor, config: Any, handler: Any) -> tuple[ReqRepServer, str]:
+    """Bind the client-facing ROUTER (REQ and DEALER clients, JSON or binary requests)
+    with ``config``'s limits; every failure is answered by :func:`error_reply_for`."""
+    server = ReqRepServer(
+        EndpointConfig(
+            config.endpoint,
+            max_message_size=config.max_message_size,
+            request_timeout=config.request_timeout,
+            max_concurrent=config.max_concurrent,
+        ),
+        handler,
+        error_reply=error_reply_for,
+        multipart=True,
+        name=f"{actor.name}.reqrep",
+        logger=actor.log,
+    )
+    return server, await actor.nursery.start(server.serve)
 
 
 class FailureLog:
@@ -117,28 +152,9 @@ class InferenceActor(Actor):
         config: InferenceConfig = self.config
         self.engine = InferenceEngine(config, logger=self.log)
         await self.nursery.start(self.engine.run)
-        self.events: EventPublisher | None = None
-        self.events_endpoint: str | None = None
-        if config.events_endpoint:
-            self.events = EventPublisher(
-                config.events_endpoint, topic=config.events_topic.encode("utf-8"), logger=self.log
-            )
-            self.events_endpoint = await self.nursery.start(self.events.run)
+        self.events, self.events_endpoint = await start_events(self, config)
         self.failures = FailureLog(self.log)
-        self.server = ReqRepServer(
-            EndpointConfig(
-                config.endpoint,
-                max_message_size=config.max_message_size,
-                request_timeout=config.request_timeout,
-                max_concurrent=config.max_concurrent,
-            ),
-            self._serve_frames,
-            error_reply=error_reply_for,
-            multipart=True,
-            name=f"{self.name}.reqrep",
-            logger=self.log,
-        )
-        self.endpoint: str = await self.nursery.start(self.server.serve)
+        self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
         self.log.info(
             "inference serving %s on %s (events on %s; task types: %s)",
             ", ".join(self.engine.registry.names), self.endpoint, self.events_endpoint or "off",

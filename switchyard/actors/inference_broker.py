@@ -37,8 +37,7 @@ import attrs
 import trio
 import zmq
 
-from switchyard.actors.inference import FailureLog, error_reply_for, failure_reply
-from switchyard.actors.inference_events import EventPublisher
+from switchyard.actors.inference import FailureLog, failure_reply, start_client_server, start_events
 from switchyard.actors.inference_worker import InferenceWorkerConfig
 from switchyard.protocols.inference_workers import (
     Bye,
@@ -51,7 +50,6 @@ from switchyard.protocols.inference_workers import (
 )
 from switchyard.runtime import Actor
 from switchyard.transports.zmq import SocketOptions, ZmqSocket, open_socket
-from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
 
 __all__ = ["InferenceBrokerActor", "InferenceBrokerConfig"]
 
@@ -129,30 +127,13 @@ class InferenceBrokerActor(Actor):
         options = SocketOptions(router_mandatory=True, linger_ms=0, sndhwm=100_000, rcvhwm=100_000)
         self._wsock: ZmqSocket = await self.enter(open_socket(zmq.ROUTER, bind=config.worker_endpoint, options=options))
         self.worker_endpoint = self._wsock.endpoints[0]
-        self.events: EventPublisher | None = None
-        self.events_endpoint: str | None = None
-        if config.events_endpoint:
-            self.events = EventPublisher(config.events_endpoint, topic=config.events_topic.encode(), logger=self.log)
-            self.events_endpoint = await self.nursery.start(self.events.run)
+        self.events, self.events_endpoint = await start_events(self, config)
         self.nursery.start_soon(self._receive_from_workers)
         self.nursery.start_soon(self._dispatch)
         self.nursery.start_soon(self._monitor)
         for index in range(config.workers):
             self.nursery.start_soon(self._keep_worker_process, index)
-        self.server = ReqRepServer(
-            EndpointConfig(
-                config.endpoint,
-                max_message_size=config.max_message_size,
-                request_timeout=config.request_timeout,
-                max_concurrent=config.max_concurrent,
-            ),
-            self._serve_frames,
-            error_reply=error_reply_for,
-            multipart=True,
-            name=f"{self.name}.reqrep",
-            logger=self.log,
-        )
-        self.endpoint: str = await self.nursery.start(self.server.serve)
+        self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
         self.log.info("inference broker on %s, workers on %s, events on %s, %d local worker(s)",
                       self.endpoint, self.worker_endpoint, self.events_endpoint or "off", config.workers)
 

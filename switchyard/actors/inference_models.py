@@ -311,7 +311,9 @@ class ModelRegistry:
         try:
             session = _load_session(path, self.session_config.build())
         except Exception as exc:
-            raise ModelError(f"model {config.name!r}: {config.path!r} is not a loadable ONNX model: {_short(exc)}") from None
+            raise ModelError(
+                f"model {config.name!r}: {config.path!r} is not a loadable ONNX model: {_short(exc)}"
+            ) from None
         return LoadedModel(config, path, session)
 
     # -- routing ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import attrs
 
-from switchyard.protocols.codec import CodecError, json_codec
+from switchyard.protocols.codec import Codec, CodecError, json_codec
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -277,13 +277,14 @@ def encode_request(request: TaskRequest, *, byte_array: bool = False) -> bytes:
     return text.translate(_GO_ESCAPES).encode("utf-8")
 
 
-def encode_reply(reply: TaskReply) -> bytes:
-    """The reply frame. A result that cannot be encoded as JSON becomes an error reply."""
+def encode_reply(reply: TaskReply, codec: Codec = json_codec) -> bytes:
+    """The reply frame (JSON; the binary form passes ``msgpack_codec``). A result the
+    codec cannot carry becomes an ``error`` reply saying so."""
     try:
-        return json_codec.encode(reply.as_dict())
+        return codec.encode(reply.as_dict())
     except CodecError as exc:
         fallback = TaskReply.failure(reply.task_id, f"result could not be encoded: {exc}", reply.latency)
-        return json_codec.encode(fallback.as_dict())
+        return codec.encode(fallback.as_dict())
 
 
 def error_reply_bytes(message: str, task_id: str = "", latency_ms: int = 0) -> bytes:

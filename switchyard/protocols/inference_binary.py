@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from switchyard.protocols.codec import CodecError, msgpack_codec
-from switchyard.protocols.inference import MAX_TASK_ID_LENGTH, TaskError, TaskReply
+from switchyard.protocols.inference import MAX_TASK_ID_LENGTH, TaskError, TaskReply, encode_reply
 from switchyard.protocols.inference_tensor import DTYPES, TensorError, parse_shape
 
 __all__ = [
@@ -168,11 +168,7 @@ def encode_binary_request(
 
 def encode_binary_reply(reply: TaskReply) -> bytes:
     """The reply frame (msgpack); a result msgpack cannot hold becomes an error reply."""
-    try:
-        return msgpack_codec.encode(reply.as_dict())
-    except CodecError as exc:
-        fallback = TaskReply.failure(reply.task_id, f"result could not be encoded: {exc}", reply.latency)
-        return msgpack_codec.encode(fallback.as_dict())
+    return encode_reply(reply, msgpack_codec)
 
 
 def parse_binary_reply(frame: bytes | bytearray | memoryview) -> TaskReply:
