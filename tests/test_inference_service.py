@@ -425,3 +425,15 @@ async def test_slow_task_gets_a_timeout_reply_and_busy_beyond_max_in_flight() ->
         slow, second = await trio.to_thread.run_sync(two_at_once)
         assert second.status == "error" and second.task_id == "second" and second.error.startswith("busy: 1 tasks")
         assert slow.status == "error" and slow.task_id == "slow" and "timed out" in slow.error
+
+
+async def test_spawn_fails_clearly_when_a_preloaded_model_cannot_load(tmp_path: Path) -> None:
+    from switchyard.actors.inference_models import ModelError
+
+    missing = ModelConfig(name="ghost", path="ghost.onnx", task_types=["x"])
+    async with open_system("preload-test") as system:
+        config = InferenceConfig(endpoint=free_tcp_endpoint(), events_endpoint="", models_dir=str(tmp_path),
+                                 models=[missing])
+        with pytest.raises(ModelError, match="file 'ghost.onnx' does not exist in the models directory"):
+            await system.spawn(InferenceActor, name="inference", config=config)
+        assert "inference" not in system.names()
