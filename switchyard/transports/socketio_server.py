@@ -186,7 +186,9 @@ class SocketIOServer:
         # Disconnect at once, even while an event handler is still busy (its ack is then
         # dropped): the client's slot frees up for a reconnecting client right away.
         await link.sock.closed.wait()
-        await self._disconnect_all(link)
+        with trio.CancelScope(shield=True) as scope:  # the read loop may end meanwhile
+            scope.deadline = trio.current_time() + self.config.disconnect_timeout
+            await self._disconnect_all(link)
 
     async def _disconnect_all(self, link: _Link) -> None:
         reason = link.sock.close_reason or "transport close"
