@@ -120,19 +120,31 @@ def _check_data(instance: "Packet", attribute: object, value: str | bytes) -> No
 
 
 def _as_bytes(value: str | bytes | bytearray | memoryview) -> str | bytes:
-    return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
+    return value if type(value) is str else bytes(value) if isinstance(value, (bytearray, memoryview)) else value
+
+
+def _as_type(value: int) -> PacketType:
+    return value if type(value) is PacketType else PacketType(value)
 
 
 @attrs.frozen(slots=True)
 class Packet:
     """One Engine.IO packet. ``data`` is text, or bytes for a binary MESSAGE."""
 
-    type: PacketType = attrs.field(converter=PacketType)
+    type: PacketType = attrs.field(converter=_as_type)
     data: str | bytes = attrs.field(default="", converter=_as_bytes, validator=_check_data)
 
     @property
     def binary(self) -> bool:
         return isinstance(self.data, bytes)
+
+
+def _trusted(kind: PacketType, data: str | bytes) -> Packet:
+    """A Packet from values already known to be valid (hot paths skip the checks)."""
+    packet = object.__new__(Packet)
+    object.__setattr__(packet, "type", kind)
+    object.__setattr__(packet, "data", data)
+    return packet
 
 
 _DIGITS = "0123456789"
@@ -150,7 +162,7 @@ def encode_packet(packet: Packet) -> str | bytes:
 def decode_packet(frame: str | bytes | bytearray | memoryview) -> Packet:
     """A packet from one WebSocket frame (text or binary)."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
-        return Packet(PacketType.MESSAGE, bytes(frame))
+        return _trusted(PacketType.MESSAGE, bytes(frame))
     if not isinstance(frame, str):
         raise EngineIOError(f"a frame is str or bytes, not {type(frame).__name__}")
     if not frame:
@@ -158,7 +170,7 @@ def decode_packet(frame: str | bytes | bytearray | memoryview) -> Packet:
     index = _DIGITS.find(frame[0])
     if index < 0 or index >= len(_TYPES):
         raise EngineIOError(f"unknown packet type {frame[0]!r}")
-    return Packet(_TYPES[index], frame[1:])
+    return _trusted(_TYPES[index], str(frame[1:]))
 
 
 def _encode_for_payload(packet: Packet) -> str:
@@ -292,6 +304,12 @@ class SessionClosed:
 SessionEvent = MessageReceived | SessionClosed
 
 
+def _message(data: str | bytes | bytearray | memoryview) -> Packet:
+    if type(data) is str or type(data) is bytes:
+        return _trusted(PacketType.MESSAGE, data)
+    return Packet(PacketType.MESSAGE, data)  # validates (and copies views)
+
+
 class ServerSession:
     """One Engine.IO session as the server sees it.
 
@@ -339,13 +357,13 @@ class ServerSession:
 
     # -- outgoing ----------------------------------------------------------------
     def send(self, data: str | bytes) -> None:
-        """Queue one MESSAGE packet. Ignored once the session is closing."""
+        """Queue one MESSAGE packet (str or bytes). Ignored once the session is closing."""
         if self.state is SessionState.OPEN:
-            self._outbox.append(Packet(PacketType.MESSAGE, data))
+            self._outbox.append(_message(data))
 
     def send_many(self, items: Iterable[str | bytes]) -> None:
         if self.state is SessionState.OPEN:
-            self._outbox.extend(Packet(PacketType.MESSAGE, d) for d in items)
+            self._outbox.extend(_message(d) for d in items)
 
     def close(self, reason: str = "server close") -> list[SessionEvent]:
         """Start a server-side close: a CLOSE packet goes out with the queue."""

@@ -73,7 +73,7 @@ def _logical_type(value: int) -> PacketType:
 def _has_binary(data: Any) -> bool:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return True
-    if isinstance(data, list):
+    if isinstance(data, (list, tuple)):
         return any(_has_binary(item) for item in data)
     if isinstance(data, dict):
         return any(_has_binary(item) for item in data.values())
@@ -128,6 +128,16 @@ class Packet:
         return _has_binary(self.data)
 
 
+def _trusted(kind: PacketType, nsp: str, data: Any, ack_id: int | None) -> Packet:
+    """A Packet from values the decoder has already validated (skips the checks)."""
+    packet = object.__new__(Packet)
+    object.__setattr__(packet, "type", kind)
+    object.__setattr__(packet, "nsp", nsp)
+    object.__setattr__(packet, "data", data)
+    object.__setattr__(packet, "id", ack_id)
+    return packet
+
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -142,7 +152,7 @@ def _deconstruct(data: Any, attachments: list[bytes]) -> Any:
     if isinstance(data, (bytes, bytearray, memoryview)):
         attachments.append(bytes(data))
         return {"_placeholder": True, "num": len(attachments) - 1}
-    if isinstance(data, list):
+    if isinstance(data, (list, tuple)):
         return [_deconstruct(item, attachments) for item in data]
     if isinstance(data, dict):
         return {key: _deconstruct(value, attachments) for key, value in data.items()}
@@ -151,24 +161,33 @@ def _deconstruct(data: Any, attachments: list[bytes]) -> Any:
 
 def encode_packet(packet: Packet) -> list[str | bytes]:
     """The Engine.IO messages carrying ``packet``: one string, then any attachments."""
-    kind = packet.type
-    attachments: list[bytes] = []
-    data = packet.data
-    if kind in (PacketType.EVENT, PacketType.ACK) and _has_binary(data):
-        data = _deconstruct(data, attachments)
-        head = f"{int(kind) + 3}{len(attachments)}-"
-    else:
-        head = str(int(kind))
-    if packet.nsp != DEFAULT_NAMESPACE:
-        head += packet.nsp + ","
-    if packet.id is not None:
-        head += str(packet.id)
-    if data is not None:
-        try:
-            head += _dumps(data)
-        except (TypeError, ValueError) as exc:
+    return _encode(packet.type, packet.nsp, packet.data, packet.id)
+
+
+_TYPE_DIGIT = {kind: str(int(kind)) for kind in PacketType}
+
+
+def _encode(kind: PacketType, nsp: str, data: Any, ack_id: int | None) -> list[str | bytes]:
+    prefix = "" if nsp == DEFAULT_NAMESPACE else nsp + ","
+    if ack_id is not None:
+        prefix += str(ack_id)
+    if data is None:
+        return [_TYPE_DIGIT[kind] + prefix]
+    try:
+        return [_TYPE_DIGIT[kind] + prefix + _dumps(data)]
+    except TypeError as exc:
+        # Binary payloads are the exception: find them only when JSON cannot encode.
+        if kind not in (PacketType.EVENT, PacketType.ACK) or not _has_binary(data):
             raise SocketIOError(f"cannot encode packet data as JSON: {exc}") from exc
-    return [head, *attachments]
+    except ValueError as exc:
+        raise SocketIOError(f"cannot encode packet data as JSON: {exc}") from exc
+    attachments: list[bytes] = []
+    data = _deconstruct(data, attachments)
+    head = f"{int(kind) + 3}{len(attachments)}-{prefix}"
+    try:
+        return [head + _dumps(data), *attachments]
+    except (TypeError, ValueError) as exc:
+        raise SocketIOError(f"cannot encode packet data as JSON: {exc}") from exc
 
 
 @attrs.frozen
@@ -232,7 +251,7 @@ class Decoder:
             return None
         self._partial = None
         data = _reconstruct(partial.data, partial.attachments)
-        return Packet(partial.kind, partial.nsp, data, partial.id)
+        return _trusted(partial.kind, partial.nsp, data, partial.id)
 
     def _decode_text(self, text: str) -> Packet | None:
         if not text:
@@ -289,10 +308,7 @@ class Decoder:
         if raw_kind is not kind:
             # A binary packet with zero attachments: placeholders cannot be valid.
             data = _reconstruct(data, [])
-        try:
-            return Packet(kind, nsp, data, ack_id)
-        except ValueError as exc:  # e.g. a namespace holding odd characters
-            raise SocketIOError(str(exc)) from None
+        return _trusted(kind, nsp, data, ack_id)
 
 
 # -- server connection state machine ------------------------------------------------
@@ -450,14 +466,14 @@ class ServerConnection:
             ack_id = self._next_ack
             self._next_ack = (self._next_ack + 1) % (10**_MAX_ID_DIGITS)
             self._pending_acks.add((nsp, ack_id))
-        self._queue(Packet(PacketType.EVENT, nsp, [event, *args], ack_id))
+        self._outbox.extend(_encode(PacketType.EVENT, nsp, [event, *args], ack_id))
         return ack_id
 
     def ack(self, nsp: str, ack_id: int, args: list[Any] | tuple[Any, ...]) -> None:
         """Answer the client's event ``ack_id`` (its callback gets ``args``)."""
         if not self.is_connected(nsp):
             raise SocketIOError(f"namespace {nsp!r} is not connected")
-        self._queue(Packet(PacketType.ACK, nsp, list(args), ack_id))
+        self._outbox.extend(_encode(PacketType.ACK, nsp, list(args), ack_id))
 
     def disconnect(self, nsp: str = DEFAULT_NAMESPACE) -> list[ConnectionEvent]:
         """Server-side namespace disconnect."""
