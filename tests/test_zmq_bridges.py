@@ -257,3 +257,55 @@ async def test_handlers_see_the_client_identity_and_dealers_can_be_accepted() ->
             with trio.fail_after(2):
                 assert await req.recv() == b"req-1|yo"
         await server.drain()
+
+
+@pytest.mark.parametrize("max_concurrent", [1, 4, 64])
+async def test_inline_and_handed_off_handlers_mixed(max_concurrent: int) -> None:
+    """Handlers that never block, block once, hold their own cancel scopes across a
+    block, or fail after blocking: every client gets its own answer, and drain ends."""
+
+    async def handler(body: bytes) -> bytes:
+        kind, _, tag = body.partition(b":")
+        if kind == b"inline":
+            return b"inline:" + tag
+        if kind == b"scoped":
+            with trio.move_on_after(5):
+                await trio.sleep(0.01)
+                with trio.CancelScope():
+                    await trio.sleep(0)
+            return b"scoped:" + tag
+        if kind == b"fail":
+            await trio.sleep(0.005)
+            raise RuntimeError(tag.decode())
+        await trio.sleep(0.02)
+        return b"slow:" + tag
+
+    def error_reply(exc: BaseException, body: object) -> bytes:
+        return b"error:" + str(exc).encode()
+
+    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:*", max_concurrent=max_concurrent), handler,
+                          error_reply=error_reply)
+    kinds = [b"inline", b"scoped", b"fail", b"slow"]
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(server.serve)
+        results: dict[bytes, bytes] = {}
+
+        async def client(i: int) -> None:
+            kind = kinds[i % len(kinds)]
+            async with open_socket(zmq.REQ, connect=endpoint) as req:
+                for j in range(3):
+                    tag = b"%d-%d" % (i, j)
+                    await req.send(kind + b":" + tag)
+                    results[tag] = await req.recv()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as clients:
+                for i in range(24):
+                    clients.start_soon(client, i)
+            await server.drain()
+    assert len(results) == 72
+    for tag, reply in results.items():
+        i = int(tag.split(b"-")[0])
+        kind = kinds[i % len(kinds)]
+        expected = b"error:" + tag if kind == b"fail" else kind + b":" + tag
+        assert reply == expected

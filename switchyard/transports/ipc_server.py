@@ -49,7 +49,6 @@ import inspect
 import itertools
 import logging
 import time
-import types
 from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -58,6 +57,7 @@ import attrs
 import trio
 
 from switchyard.protocols.codec import Codec, CodecError
+from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.protocols.ipc import (
     ERR_BAD_MESSAGE,
     ERR_CANCELLED,
@@ -180,36 +180,6 @@ class _Job:
         self.scope = scope
         self.message: Message | None = None
         self.handed_off = False
-
-
-@types.coroutine
-def _resume(coro: Any, trap: Any) -> Any:
-    """Go on driving ``coro`` in the calling task, starting from the trap it yielded.
-
-    What ``await coro`` would do had its first step not been taken by hand: every
-    value and exception the scheduler sends goes to ``coro``.
-    """
-    to_yield = trap
-    while True:
-        try:
-            sent = yield to_yield
-        except GeneratorExit:  # we are being closed: close the handler too, as `await` would
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                to_yield = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                to_yield = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _as_coroutine(awaitable: Any) -> Any:
-    return await awaitable
 
 
 async def _close_quietly(iterable: Any) -> None:
@@ -582,20 +552,14 @@ class SocketServer:
         context = (conn.id, message.id, method, self)
         token = _current.set(context)
         try:
-            result = handler(message.data)
-            if type(result) is types.CoroutineType or inspect.isawaitable(result):
-                coro = result if inspect.iscoroutine(result) else _as_coroutine(result)
-                try:
-                    trap = coro.send(None)
-                except StopIteration as stop:
-                    result = stop.value
-                else:
-                    # Blocked. From here on no cancel scope may be entered around the
-                    # coroutine (it may hold scopes of its own): only the task's.
-                    _current.reset(token)  # the new reader must not inherit this request
-                    handed_off = self._hand_off(conn)
-                    token = _current.set(context)
-                    result = await self._finish_blocking(conn, job, message, coro, trap, handed_off)
+            result = first_step(handler(message.data))
+            if isinstance(result, Blocked):
+                # From here on no cancel scope may be entered around the coroutine
+                # (it may hold scopes of its own): only the task's.
+                _current.reset(token)  # the new reader must not inherit this request
+                handed_off = self._hand_off(conn)
+                token = _current.set(context)
+                result = await self._finish_blocking(conn, job, message, result, handed_off)
             if getattr(type(result), "__aiter__", None) is not None:
                 await _close_quietly(result)
                 raise TypeError(f"method {method!r} streams: call it with client.stream()")
@@ -633,7 +597,7 @@ class SocketServer:
         return True
 
     async def _finish_blocking(
-        self, conn: _Connection, job: _Job, message: Message, coro: Any, trap: Any, handed_off: bool
+        self, conn: _Connection, job: _Job, message: Message, blocked: Blocked, handed_off: bool
     ) -> Any:
         """Drive a handler coroutine that blocked to its end, in this task, under ``job.scope``."""
         job.message = message
@@ -644,7 +608,7 @@ class SocketServer:
         if not handed_off:
             conn.framed.paused = True
         try:
-            return await _resume(coro, trap)
+            return await resume(blocked)
         finally:
             if registered:
                 del conn.running[message.id]
