@@ -18,13 +18,13 @@ with a poller. Run: ``python -m bench.bench_aipara`` (part of ``make bench``).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 import time
 
 import trio
 import zmq
 
+from bench._harness import server_process
 from bench._stats import fmt, median, p99, ratio, section, table
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.aipara import AI_TIMEOUT_MS, RIME_TIMEOUT_MS, configure_like_cpp_client
@@ -97,17 +97,6 @@ SERVERS = {
     "rime_state actor (ROUTER bridge)": (serve_actor, ("rime_state",)),
     "diagnostic: bridge with an echo handler": (serve_bridge_echo, ()),
 }
-
-
-def _with_server(target, *args):
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=target, args=(*args, ready), daemon=True)
-    proc.start()
-    if not ready.wait(60):
-        proc.kill()
-        raise RuntimeError(f"{target.__name__}{args} did not start")
-    return proc
 
 
 # -- clients (this process) ---------------------------------------------------------------
@@ -237,12 +226,8 @@ def main() -> None:
     for _ in range(RUNS):  # interleaved, so drift on the shared box hits all alike
         for name, (target, args) in SERVERS.items():
             endpoint = free_tcp_endpoint()
-            proc = _with_server(target, *args, endpoint)
-            try:
+            with server_process(target, *args, endpoint):
                 rate, latencies, lost = _req_lockstep(endpoint)
-            finally:
-                proc.kill()
-                proc.join()
             rates[name].append(rate)
             lats[name].extend(latencies)
             timeouts[name] += lost
@@ -258,12 +243,8 @@ def main() -> None:
     streams: list[tuple[float, list[float], int]] = []
     for _ in range(CONVERT_RUNS):
         endpoint = free_tcp_endpoint()
-        proc = _with_server(serve_actor, "ai_stream", endpoint)
-        try:
+        with server_process(serve_actor, "ai_stream", endpoint):
             streams.append(_dealer_converts(endpoint))
-        finally:
-            proc.kill()
-            proc.join()
     direct_rate = median([r for r, _ in direct])
     stream_rate = median([r for r, _, _ in streams])
     direct_lat = [x for _, ls in direct for x in ls]

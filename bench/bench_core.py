@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
+import multiprocessing.synchronize
 import os
 import sys
 import time
@@ -22,6 +22,7 @@ import time
 import trio
 import zmq
 
+from bench._harness import server_process
 from bench._stats import fmt, median, p99, ratio, section, table
 from switchyard.runtime import Actor, open_system
 
@@ -232,21 +233,12 @@ def _client(endpoint: str) -> tuple[float, list[float]]:
 
 def _echo_bench() -> dict[str, tuple[list[float], list[float]]]:
     results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in SERVERS}
-    ctx = multiprocessing.get_context("spawn")
     for run in range(RUNS):
-        for name, target in SERVERS.items():  # interleaved, so drift hits every server alike
-            endpoint = f"ipc:///tmp/sy-bench-{os.getpid()}-{run}-{abs(hash(name))}.sock"
-            endpoint = endpoint.replace("ipc://", "tcp://127.0.0.1:0") if False else endpoint
-            ready = ctx.Event()
-            proc = ctx.Process(target=target, args=(endpoint, ready), daemon=True)
-            proc.start()
-            try:
-                if not ready.wait(30):
-                    raise RuntimeError(f"{name} did not start")
+        for index, target in enumerate(SERVERS.values()):  # interleaved, so drift hits every server alike
+            endpoint = f"ipc:///tmp/sy-bench-{os.getpid()}-{run}-{index}.sock"
+            with server_process(target, endpoint):
                 rate, latencies = _client(endpoint)
-            finally:
-                proc.kill()
-                proc.join()
+            name = list(SERVERS)[index]
             results[name][0].append(rate)
             results[name][1].extend(latencies)
     return results

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 import zmq
 
+from bench._harness import server_process
 from bench._stats import fmt, median, p99, section, table
 from switchyard.protocols.codec import json_codec
 from switchyard.protocols.ipc import Message
@@ -237,21 +238,12 @@ CASES: dict[str, tuple[Callable[..., None], Callable[[str], Result], str]] = {
 
 def run_all(runs: int) -> dict[str, tuple[list[float], list[float]]]:
     results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in CASES}
-    ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="sy-bench-ipc-") as tmp:
         for run in range(runs):
             for index, (name, (serve, client, _)) in enumerate(CASES.items()):  # interleaved
                 path = os.path.join(tmp, f"{run}-{index}.sock")
-                ready = ctx.Event()
-                proc = ctx.Process(target=serve, args=(path, ready), daemon=True)
-                proc.start()
-                try:
-                    if not ready.wait(30):
-                        raise RuntimeError(f"{name}: server did not start")
+                with server_process(serve, path, timeout=30):
                     rate, latencies = client(path)
-                finally:
-                    proc.kill()
-                    proc.join()
                 results[name][0].append(rate)
                 results[name][1].extend(latencies)
     return results
