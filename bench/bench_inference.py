@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from bench._harness import server_process
 from bench._stats import fmt, median, p99, percentile, ratio, section, table
 
 RUNS = 4
@@ -66,8 +66,8 @@ def in_process(batch: int, seconds: float = 0.7) -> float:
 
 # -- 2./3. servers (own processes) -----------------------------------------------------
 def _serve(spawn: Any, ready: Any) -> None:
-    """Run ``spawn(system)`` in a fresh actor system until SIGTERM, then shut down cleanly
-    (so a broker stops its worker processes)."""
+    """Run ``spawn(system)`` in a fresh actor system until killed (SIGTERM: a clean
+    shutdown; the harness's SIGKILL: a broker's local workers notice and stop)."""
     import signal
 
     import trio
@@ -273,21 +273,40 @@ def paced_clients(endpoint: str, clients: int, rate: float, seconds: float) -> t
     return len(latencies) / elapsed, latencies, errors
 
 
+def _spin(seconds: float, out: Any = None) -> float:
+    count = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            count += 1
+    rate = count / seconds
+    if out is not None:
+        out.put(rate)
+    return rate
+
+
+def cores_available(seconds: float = 0.4) -> float:
+    """How many cores' worth of CPU two busy processes get right now (2.0 = both cores
+    free; ~1 = something else holds one). Shared hosts vary minute to minute."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_spin, args=(seconds, queue)) for _ in range(2)]
+    single = _spin(seconds)
+    for proc in procs:
+        proc.start()
+    total = queue.get() + queue.get()
+    for proc in procs:
+        proc.join()
+    return total / single
+
+
 def with_server(target: Any, args: tuple, measure: Any) -> Any:
+    """``measure(endpoint)`` against ``target`` serving on a fresh loopback endpoint in its own process."""
     from switchyard.testing import free_tcp_endpoint
 
-    ctx = multiprocessing.get_context("spawn")
     endpoint = free_tcp_endpoint()
-    ready = ctx.Event()
-    proc = ctx.Process(target=target, args=(endpoint, *args, ready), daemon=True)
-    proc.start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("server did not start")
+    with server_process(target, endpoint, *args, timeout=30):
         return measure(endpoint)
-    finally:
-        proc.terminate()
-        proc.join(10)
 
 
 def main() -> None:
@@ -295,7 +314,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--seconds", type=float, default=DURATION)
     args = parser.parse_args()
-    load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    cores_before = cores_available()
 
     b1 = [in_process(1) for _ in range(args.runs)]
     b64 = [in_process(64) for _ in range(args.runs)]
@@ -369,10 +388,10 @@ def main() -> None:
              f"tasks per 1-client run; {args.seconds:g} s per {CLIENTS}-client load (closed loop: each DEALER sends "
              f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); "
              "tasks/s, p50 and p99 are medians of the per-run figures. One blocking-pyzmq client process and the "
-             "service share the 2 cores; events are published (no subscriber) as in production. Load average "
-             f"(1/5/15 min) when the bench started: {load_before}; when it ended: "
-             f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (above ~1, other jobs were competing for the cores "
-             "and every figure here suffers).")
+             "service share the 2 cores; events are published (no subscriber) as in production. CPU actually "
+             f"available to two busy processes: {cores_before:.1f} cores before the bench, {cores_available():.1f} "
+             "after (2.0 = both cores free; the host is shared and this moves from minute to minute, and the "
+             "service figures with it).")
     print(section("Inference service (ONNX digits MLP over ZeroMQ)", "python -m bench.bench_inference", body, notes))
 
 
