@@ -25,6 +25,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
-        text = sys.stdin.read() if args.config == "-" else open(args.config, encoding="utf-8").read()
+        text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = build_config(InferenceWorkerConfig, json.loads(text), where=f"worker {args.name!r}")
     except (OSError, ValueError, ConfigError) as exc:
         print(f"inference_worker: {exc}", file=sys.stderr)
