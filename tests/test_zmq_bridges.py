@@ -309,3 +309,36 @@ async def test_inline_and_handed_off_handlers_mixed(max_concurrent: int) -> None
         kind = kinds[i % len(kinds)]
         expected = b"error:" + tag if kind == b"fail" else kind + b":" + tag
         assert reply == expected
+
+
+async def test_a_long_burst_of_queued_requests_is_served_whole() -> None:
+    """More requests queued at once than the reader serves between two yields: none is lost."""
+    import time
+
+    async def handler(body: bytes) -> bytes:
+        if body == b"stall":
+            time.sleep(0.3)  # hold the whole Trio thread while the burst piles up in the socket
+        return b"re:" + body
+
+    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:*"), handler, error_reply=_error_reply, accept_dealer=True)
+    async with trio.open_nursery() as nursery:
+        endpoint = await nursery.start(server.serve)
+
+        def client() -> set[bytes]:
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 5000)
+            sock.connect(endpoint)
+            sock.send(b"hello")
+            assert sock.recv() == b"re:hello"
+            sock.send(b"stall")
+            time.sleep(0.05)  # the server is now stalled in the handler
+            for i in range(500):
+                sock.send(b"%d" % i)
+            replies = {sock.recv() for _ in range(501)}
+            sock.close()
+            return replies
+
+        replies = await trio.to_thread.run_sync(client)
+        assert replies == {b"re:stall"} | {b"re:%d" % i for i in range(500)}
+        await server.drain()

@@ -26,12 +26,15 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 import zmq
 
+from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
 
 __all__ = [
@@ -129,7 +132,15 @@ def _bytes(frame: Any) -> bytes:
 
 
 class _RouterServer:
-    """What both servers share: the socket, limits, in-flight tasks, drain."""
+    """What both servers share: the socket, limits, the reading role, drain.
+
+    One task at a time holds the *reading role*. It runs each request's handler
+    inline (most handlers never wait, and then no task is spawned); when a handler
+    blocks, the reading role passes to a fresh task and the current one finishes
+    that handler (``switchyard.runtime.inline``). At most ``max_concurrent``
+    handlers are blocked at once; past that the reader finishes the handler before
+    it reads on, and further requests wait in the socket (backpressure).
+    """
 
     def __init__(self, config: EndpointConfig | str, *, name: str, logger: logging.Logger | None) -> None:
         self.config = config if isinstance(config, EndpointConfig) else EndpointConfig(config)
@@ -137,9 +148,11 @@ class _RouterServer:
         self.log = logger or logging.getLogger(f"switchyard.transports.{name}")
         self.endpoint: str | None = None
         self._socket: ZmqSocket | None = None
-        self._receiving: trio.CancelScope | None = None
+        self._in_flight: trio.Nursery | None = None
+        self._recv_scopes: set[trio.CancelScope] = set()
+        self._draining = False
         self._finished = trio.Event()
-        self._limiter = trio.CapacityLimiter(self.config.max_concurrent)
+        self._slots = trio.Semaphore(max(1, self.config.max_concurrent))
         self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -150,44 +163,85 @@ class _RouterServer:
                 self._socket = sock
                 self.endpoint = sock.endpoints[0]
                 async with trio.open_nursery() as in_flight:
+                    self._in_flight = in_flight
                     task_status.started(self.endpoint)
-                    with trio.CancelScope() as self._receiving:
-                        while True:
-                            frames = await sock.recv_multipart(copy=False)
-                            # Drain the burst already queued without a scheduler round
-                            # trip per message (bounded, so other tasks still run).
-                            for _ in range(64):
-                                token = object()
-                                try:
-                                    self._limiter.acquire_on_behalf_of_nowait(token)
-                                except trio.WouldBlock:
-                                    await self._limiter.acquire_on_behalf_of(token)
-                                in_flight.start_soon(self._guarded, frames, token)
-                                try:
-                                    frames = sock.recv_multipart_nowait(copy=False)
-                                except trio.WouldBlock:
-                                    break
-                            else:
-                                token = object()
-                                await self._limiter.acquire_on_behalf_of(token)
-                                in_flight.start_soon(self._guarded, frames, token)
+                    await self._read()
         finally:
             self._socket = None
+            self._in_flight = None
             self._finished.set()
 
     async def drain(self) -> None:
         """Stop receiving; return once every in-flight request has been answered."""
-        if self._receiving is not None:
-            self._receiving.cancel()
+        self._draining = True
+        for scope in self._recv_scopes:
+            scope.cancel()
         await self._finished.wait()
 
-    async def _guarded(self, frames: list[Any], token: object) -> None:
-        try:
-            await self._dispatch(frames)
-        finally:
-            self._limiter.release_on_behalf_of(token)
+    async def _read(self) -> None:
+        """The reading role: receive and dispatch until draining or handed to another task."""
+        sock = self._socket
+        assert sock is not None
+        while not self._draining:
+            with trio.CancelScope() as scope:
+                self._recv_scopes.add(scope)
+                try:
+                    frames = await sock.recv_multipart(copy=False)
+                finally:
+                    self._recv_scopes.discard(scope)
+            if scope.cancelled_caught:
+                return
+            # Serve the burst already queued without a scheduler pass per message,
+            # yielding every so often so other tasks still run.
+            served = 0
+            while True:
+                if await self._dispatch(frames) or self._draining:
+                    return  # handed off (another task reads now) or draining
+                served += 1
+                if served % 64 == 0:
+                    await trio.lowlevel.checkpoint()
+                try:
+                    frames = sock.recv_multipart_nowait(copy=False)
+                except trio.WouldBlock:
+                    break
 
-    async def _dispatch(self, frames: list[Any]) -> None:
+    async def _call(
+        self, call: Callable[[], Any], scope: trio.CancelScope | None
+    ) -> tuple[Any, Exception | None, bool]:
+        """Run ``call()`` inline (under ``scope``, if given); if it blocks, hand the reading role on.
+
+        Returns ``(result, error, handed_off)``: the handler's exception comes back as
+        ``error`` so the caller learns ``handed_off`` either way. ``scope`` must not
+        have been entered yet; without one no cancel scope is entered at all (they
+        cost more than a non-blocking handler).
+        """
+        handed_off = False
+        try:
+            with scope if scope is not None else nullcontext():
+                result = first_step(call())
+                if isinstance(result, Blocked):
+                    handed_off = self._hand_off()
+                    try:
+                        result = await resume(result)
+                    finally:
+                        if handed_off:
+                            self._slots.release()
+        except Exception as exc:
+            return None, exc, handed_off
+        return result, None, handed_off
+
+    def _hand_off(self) -> bool:
+        if self._draining or self._in_flight is None:
+            return False
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        self._in_flight.start_soon(self._read)
+        return True
+
+    async def _dispatch(self, frames: list[Any]) -> bool:
+        """Serve one message; True if the reading role was handed to another task."""
         raise NotImplementedError
 
     async def _send(self, frames: list[Frame]) -> None:
@@ -239,7 +293,7 @@ class ReqRepServer(_RouterServer):
         self.multipart = multipart
         self.accept_dealer = accept_dealer
 
-    async def _dispatch(self, frames: list[Any]) -> None:
+    async def _dispatch(self, frames: list[Any]) -> bool:
         _current_identity.set(_bytes(frames[0]))
         split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
         if split is not None:
@@ -250,9 +304,10 @@ class ReqRepServer(_RouterServer):
         else:
             self.stats["malformed"] += 1
             self.log.warning("dropped a message without a REQ envelope (%d frames)", len(frames))
-            return
+            return False
         self.stats["requests"] += 1
         body: Any = body_frames
+        handed_off = False
         try:
             self._check_size(body_frames)
             if not self.multipart:
@@ -260,14 +315,13 @@ class ReqRepServer(_RouterServer):
                     raise MalformedEnvelope(f"expected a one-frame request, got {len(body_frames)} frames")
                 body = _bytes(body_frames[0])
             timeout = self.config.request_timeout
-            if timeout > 0:
-                with trio.fail_after(timeout):
-                    reply = await self.handler(body)
-            else:
-                reply = await self.handler(body)
+            scope = trio.CancelScope(relative_deadline=timeout) if timeout > 0 else None
+            reply, error, handed_off = await self._call(partial(self.handler, body), scope)
+            if error is not None:
+                raise error
+            if scope is not None and scope.cancelled_caught:
+                raise HandlerTimeout(timeout)
         except Exception as exc:
-            if isinstance(exc, trio.TooSlowError):
-                exc = HandlerTimeout(self.config.request_timeout)
             self.stats["errors"] += 1
             self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
             try:
@@ -279,6 +333,7 @@ class ReqRepServer(_RouterServer):
             await self._send([*envelope, *_as_frames(reply)])
         except PeerGone:
             self.log.info("client left before its reply was sent")
+        return handed_off
 
 
 class RouterStreamServer(_RouterServer):
@@ -318,12 +373,13 @@ class RouterStreamServer(_RouterServer):
         scope.cancel()
         return True
 
-    async def _dispatch(self, frames: list[Any]) -> None:
+    async def _dispatch(self, frames: list[Any]) -> bool:
         if len(frames) < 2:
             self.stats["malformed"] += 1
             self.log.warning("dropped a message with no body frame")
-            return
+            return False
         identity = _bytes(frames[0])
+        _current_identity.set(identity)
         rest = frames[1:]
         prefix: list[Frame] = [identity]
         if len(rest) > 1 and len(rest[0].buffer) == 0:
@@ -332,7 +388,8 @@ class RouterStreamServer(_RouterServer):
         self.stats["requests"] += 1
         if self.supersede:
             self.cancel(identity)
-        scope = trio.CancelScope()
+        timeout = self.config.request_timeout
+        scope = trio.CancelScope(relative_deadline=timeout) if timeout > 0 else trio.CancelScope()
         if self.supersede:
             self._running[identity] = scope
 
@@ -340,24 +397,21 @@ class RouterStreamServer(_RouterServer):
             await self._send([*prefix, *_as_frames(reply)])
 
         body: Any = rest
+        handed_off = False
         try:
-            with scope:
-                self._check_size(rest)
-                if not self.multipart:
-                    if len(rest) != 1:
-                        raise MalformedEnvelope(f"expected a one-frame request, got {len(rest)} frames")
-                    body = _bytes(rest[0])
-                timeout = self.config.request_timeout
-                if timeout > 0:
-                    with trio.fail_after(timeout):
-                        await self.handler(identity, body, send)
-                else:
-                    await self.handler(identity, body, send)
+            self._check_size(rest)
+            if not self.multipart:
+                if len(rest) != 1:
+                    raise MalformedEnvelope(f"expected a one-frame request, got {len(rest)} frames")
+                body = _bytes(rest[0])
+            _, error, handed_off = await self._call(partial(self.handler, identity, body, send), scope)
+            if error is not None:
+                raise error
+            if scope.cancelled_caught and timeout > 0 and trio.current_time() >= scope.deadline:
+                raise HandlerTimeout(timeout)
         except PeerGone:
             self.log.info("client left mid-stream")
         except Exception as exc:
-            if isinstance(exc, trio.TooSlowError):
-                exc = HandlerTimeout(self.config.request_timeout)
             self.stats["errors"] += 1
             self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
             if self.error_reply is not None:
@@ -368,3 +422,4 @@ class RouterStreamServer(_RouterServer):
         finally:
             if self._running.get(identity) is scope:
                 del self._running[identity]
+        return handed_off
