@@ -151,6 +151,8 @@ class _RouterServer:
         self._in_flight: trio.Nursery | None = None
         self._recv_scopes: set[trio.CancelScope] = set()
         self._draining = False
+        #: Moving average of how often handlers block on their first step (0..1).
+        self._blocking = 0.0
         self._finished = trio.Event()
         self._slots = trio.Semaphore(max(1, self.config.max_concurrent))
         self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
@@ -195,7 +197,12 @@ class _RouterServer:
             # yielding every so often so other tasks still run.
             served = 0
             while True:
-                if await self._dispatch(frames) or self._draining:
+                # Handlers that mostly block (an ask, a batching model) get a task each
+                # straight away, so a whole burst reaches them in one scheduler pass;
+                # the others run inline.
+                if self._blocking > 0.5 and self._spawn(frames):
+                    pass
+                elif await self._dispatch(frames, True) or self._draining:
                     return  # handed off (another task reads now) or draining
                 served += 1
                 if served % 64 == 0:
@@ -206,9 +213,9 @@ class _RouterServer:
                     break
 
     async def _call(
-        self, call: Callable[[], Any], scope: trio.CancelScope | None
+        self, call: Callable[[], Any], scope: trio.CancelScope | None, reading: bool
     ) -> tuple[Any, Exception | None, bool]:
-        """Run ``call()`` inline (under ``scope``, if given); if it blocks, hand the reading role on.
+        """Run ``call()`` (under ``scope``, if given); if it blocks in the reading task, hand the reading role on.
 
         Returns ``(result, error, handed_off)``: the handler's exception comes back as
         ``error`` so the caller learns ``handed_off`` either way. ``scope`` must not
@@ -219,8 +226,10 @@ class _RouterServer:
         try:
             with scope if scope is not None else nullcontext():
                 result = first_step(call())
-                if isinstance(result, Blocked):
-                    handed_off = self._hand_off()
+                blocked = isinstance(result, Blocked)
+                self._blocking = 0.9 * self._blocking + (0.1 if blocked else 0.0)
+                if blocked:
+                    handed_off = reading and self._hand_off()
                     try:
                         result = await resume(result)
                     finally:
@@ -229,6 +238,23 @@ class _RouterServer:
         except Exception as exc:
             return None, exc, handed_off
         return result, None, handed_off
+
+    def _spawn(self, frames: list[Any]) -> bool:
+        """Serve ``frames`` in a task of its own if a slot is free; False if none is."""
+        if self._in_flight is None:
+            return False
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        self._in_flight.start_soon(self._serve_detached, frames)
+        return True
+
+    async def _serve_detached(self, frames: list[Any]) -> None:
+        try:
+            await self._dispatch(frames, False)
+        finally:
+            self._slots.release()
 
     def _hand_off(self) -> bool:
         if self._draining or self._in_flight is None:
@@ -240,8 +266,11 @@ class _RouterServer:
         self._in_flight.start_soon(self._read)
         return True
 
-    async def _dispatch(self, frames: list[Any]) -> bool:
-        """Serve one message; True if the reading role was handed to another task."""
+    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
+        """Serve one message; True if the reading role was handed to another task.
+
+        ``reading``: called by the task holding the reading role (which may hand it on).
+        """
         raise NotImplementedError
 
     async def _send(self, frames: list[Frame]) -> None:
@@ -293,7 +322,7 @@ class ReqRepServer(_RouterServer):
         self.multipart = multipart
         self.accept_dealer = accept_dealer
 
-    async def _dispatch(self, frames: list[Any]) -> bool:
+    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
         _current_identity.set(_bytes(frames[0]))
         split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
         if split is not None:
@@ -316,7 +345,7 @@ class ReqRepServer(_RouterServer):
                 body = _bytes(body_frames[0])
             timeout = self.config.request_timeout
             scope = trio.CancelScope(relative_deadline=timeout) if timeout > 0 else None
-            reply, error, handed_off = await self._call(partial(self.handler, body), scope)
+            reply, error, handed_off = await self._call(partial(self.handler, body), scope, reading)
             if error is not None:
                 raise error
             if scope is not None and scope.cancelled_caught:
@@ -373,7 +402,7 @@ class RouterStreamServer(_RouterServer):
         scope.cancel()
         return True
 
-    async def _dispatch(self, frames: list[Any]) -> bool:
+    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
         if len(frames) < 2:
             self.stats["malformed"] += 1
             self.log.warning("dropped a message with no body frame")
@@ -404,7 +433,7 @@ class RouterStreamServer(_RouterServer):
                 if len(rest) != 1:
                     raise MalformedEnvelope(f"expected a one-frame request, got {len(rest)} frames")
                 body = _bytes(rest[0])
-            _, error, handed_off = await self._call(partial(self.handler, identity, body, send), scope)
+            _, error, handed_off = await self._call(partial(self.handler, identity, body, send), scope, reading)
             if error is not None:
                 raise error
             if scope.cancelled_caught and timeout > 0 and trio.current_time() >= scope.deadline:
