@@ -130,14 +130,7 @@ class AiStreamActor(Actor):
         self._recent: deque[str] = deque(maxlen=max(cfg.context_commits, 1))
         self.backend = await self.enter(open_backend(cfg.backend, local=cfg.local, openai=cfg.openai, context=self._context))
         extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
-        endpoint = EndpointConfig(
-            cfg.endpoint,
-            sndhwm=cfg.sndhwm,
-            rcvhwm=cfg.rcvhwm,
-            max_message_size=cfg.max_message_size,
-            max_concurrent=cfg.max_concurrent,
-            socket_extra=extra,
-        )
+        endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         self.server = RouterStreamServer(
             endpoint, self._serve, supersede=False, error_reply=self._error_reply, name=f"{self.name}.router", logger=self.log
         )

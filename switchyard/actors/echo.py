@@ -31,7 +31,7 @@ class EchoActor(Actor):
 
     async def on_start(self) -> None:
         self.server = ReqRepServer(
-            EndpointConfig(self.config.endpoint, max_message_size=self.config.max_message_size),
+            EndpointConfig.from_config(self.config),
             self._serve_request,
             error_reply=self._error_reply,
             name=f"{self.name}.reqrep",

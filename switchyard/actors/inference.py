@@ -103,12 +103,7 @@ async def start_client_server(actor: Actor, config: Any, handler: Any) -> tuple[
     """Bind the client-facing ROUTER (REQ and DEALER clients, JSON or binary requests)
     with ``config``'s limits; every failure is answered by :func:`error_reply_for`."""
     server = ReqRepServer(
-        EndpointConfig(
-            config.endpoint,
-            max_message_size=config.max_message_size,
-            request_timeout=config.request_timeout,
-            max_concurrent=config.max_concurrent,
-        ),
+        EndpointConfig.from_config(config),
         handler,
         error_reply=error_reply_for,
         multipart=True,

@@ -156,15 +156,7 @@ class RimeStateActor(Actor):
         self._next_subscription = 1
         await self.enter(self._closing_subscribers())
         extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
-        endpoint = EndpointConfig(
-            cfg.endpoint,
-            sndhwm=cfg.sndhwm,
-            rcvhwm=cfg.rcvhwm,
-            max_message_size=cfg.max_message_size,
-            request_timeout=cfg.request_timeout,
-            max_concurrent=cfg.max_concurrent,
-            socket_extra=extra,
-        )
+        endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         # accept_dealer: newer aipara builds open this port from a DEALER ([identity, body]).
         self.server = ReqRepServer(
             endpoint, self._serve_request, error_reply=self._error_reply, accept_dealer=True,

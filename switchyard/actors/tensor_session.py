@@ -140,13 +140,7 @@ class TensorSessionActor(Actor):
         if config.endpoint.startswith("ipc://"):
             Path(config.endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
         self.server = RouterStreamServer(
-            EndpointConfig(
-                config.endpoint,
-                max_message_size=config.max_message_size,
-                request_timeout=config.request_timeout,
-                sndhwm=config.sndhwm,
-                rcvhwm=config.rcvhwm,
-            ),
+            EndpointConfig.from_config(config),
             self._serve,
             supersede=False,
             error_reply=self._error_reply,

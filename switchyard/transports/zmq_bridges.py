@@ -81,6 +81,16 @@ class EndpointConfig:
     max_concurrent: int = 1024
     socket_extra: dict[str, Any] = attrs.Factory(dict)
 
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> EndpointConfig:
+        """An ``EndpointConfig`` from any actor config that has some of these keys under
+        the same names (``endpoint``, ``sndhwm``, ``max_message_size``, ...); keys it
+        lacks keep their defaults; ``overrides`` win.
+        """
+        values = {f.name: getattr(config, f.name) for f in attrs.fields(cls) if hasattr(config, f.name)}
+        values.update(overrides)
+        return cls(**values)
+
     def socket_options(self, **overrides: Any) -> SocketOptions:
         hard = self.max_message_size * self.hard_limit_factor if self.max_message_size > 0 else -1
         fields: dict[str, Any] = dict(
