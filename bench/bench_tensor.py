@@ -22,7 +22,7 @@ Run: ``python -m bench.bench_tensor`` (part of ``make bench``).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import multiprocessing.synchronize
 import os
 import shutil
 import sys
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._harness import server_process
 from bench._stats import median, p99, section, table
 from switchyard.transports.file_session import TensorSessionServer
 
@@ -135,14 +136,8 @@ def _zmq_bench(tmp: Path) -> dict[str, list[float]]:
     from switchyard.actors.tensor_session_client import TensorSessionClient
 
     endpoint = f"ipc://{tmp}/tensor.sock"
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=serve_zmq, args=(endpoint, ready), daemon=True)
-    proc.start()
     results: dict[str, list[float]] = {}
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("tensor session actor did not start")
+    with server_process(serve_zmq, endpoint, timeout=30):
         mb1 = np.arange(1 << 18, dtype=np.float32)
         with TensorSessionClient(endpoint) as client:
             client.start()
@@ -156,9 +151,6 @@ def _zmq_bench(tmp: Path) -> dict[str, list[float]]:
             for _ in range(RUNS):
                 results.setdefault("text", []).extend(_samples(lambda: client.fetch_response("hello zmq"), ZMQ_TEXT_N))
                 results.setdefault("1mb", []).extend(_samples(exchange, ZMQ_MB1_N))
-    finally:
-        proc.terminate()
-        proc.join(5)
     return results
 
 
@@ -177,28 +169,21 @@ def _raw_zmq_bench(tmp: Path) -> list[float]:
     import zmq
 
     endpoint = f"ipc://{tmp}/raw.sock"
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=serve_raw_echo, args=(endpoint, ready), daemon=True)
-    proc.start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("raw echo server did not start")
-        sock.connect(endpoint)
-        mb1 = np.arange(1 << 18, dtype=np.float32)
+    with server_process(serve_raw_echo, endpoint, timeout=30):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+            mb1 = np.arange(1 << 18, dtype=np.float32)
 
-        def echo() -> object:
-            sock.send_multipart([b"{}", memoryview(mb1)], copy=False)
-            return _touch(np.frombuffer(sock.recv_multipart(copy=False)[1].buffer, np.float32))
+            def echo() -> object:
+                sock.send_multipart([b"{}", memoryview(mb1)], copy=False)
+                return _touch(np.frombuffer(sock.recv_multipart(copy=False)[1].buffer, np.float32))
 
-        echo()
-        return [t for _ in range(RUNS) for t in _samples(echo, ZMQ_MB1_N)]
-    finally:
-        sock.close()
-        proc.terminate()
-        proc.join(5)
+            echo()
+            return [t for _ in range(RUNS) for t in _samples(echo, ZMQ_MB1_N)]
+        finally:
+            sock.close()
 
 
 # -- baseline -------------------------------------------------------------------------
