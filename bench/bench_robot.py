@@ -24,18 +24,19 @@ import asyncio
 import base64
 import json
 import socket
-import multiprocessing
 import multiprocessing.synchronize
 import os
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bench._harness import server_process
 from bench._stats import fmt, median, p99, ratio, section, table
 from switchyard.testing.ports import free_tcp_port
 from switchyard.testing.socketio import project_zip
@@ -327,27 +328,15 @@ def _install_only(blob: bytes) -> list[float]:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    procs = []
     ports: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="sy-bench-robot-") as tmp:
-        try:
-            for i, (name, target) in enumerate(SERVERS.items()):
-                port = free_tcp_port()
-                storage = os.path.join(tmp, str(i))
-                os.makedirs(storage)
-                ready = ctx.Event()
-                proc = ctx.Process(target=target, args=(port, storage, ready), daemon=True)
-                proc.start()
-                procs.append(proc)
-                if not ready.wait(60):
-                    raise RuntimeError(f"{name} did not start")
-                ports[name] = port
-            results = _bench(ports)
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.join()
+    with tempfile.TemporaryDirectory(prefix="sy-bench-robot-") as tmp, ExitStack() as servers:
+        for i, (name, target) in enumerate(SERVERS.items()):
+            port = free_tcp_port()
+            storage = os.path.join(tmp, str(i))
+            os.makedirs(storage)
+            servers.enter_context(server_process(target, port, storage))
+            ports[name] = port
+        results = _bench(ports)
     install = _install_only(_project_10mb())
 
     ours, base = list(ports)
