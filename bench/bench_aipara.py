@@ -60,8 +60,8 @@ def serve_echo(endpoint: str, ready) -> None:
 
 
 def serve_actor(kind: str, endpoint: str, ready) -> None:
-    from switchyard.actors.ai_stream import AiStreamActor
-    from switchyard.actors.rime_state import RimeStateActor
+    from switchyard.services.aipara.ai_stream import AiStreamActor
+    from switchyard.services.aipara.rime_state import RimeStateActor
     from switchyard.runtime import open_system
 
     async def main() -> None:
@@ -201,7 +201,7 @@ def _dealer_converts(endpoint: str) -> tuple[float, list[float], int]:
 
 def _direct_engine() -> tuple[float, list[float]]:
     """The same conversions (words, DAG sentences, HMM re-rank) called directly."""
-    from switchyard.actors.ai_backends.local import LocalBackendConfig, shared_engine
+    from switchyard.services.aipara.backends.local import LocalBackendConfig, shared_engine
 
     cfg = LocalBackendConfig()
     engine = shared_engine(True)

@@ -47,7 +47,7 @@ def in_process(batch: int, seconds: float = 0.7) -> float:
     """Rows/s of bare session.run on ``batch`` rows, one thread, same session options as the service."""
     import onnxruntime as ort
 
-    from switchyard.actors.inference_models import SessionConfig
+    from switchyard.services.inference.models import SessionConfig
     from switchyard.apps.models import DIGITS_MODEL, digits_heldout
 
     session = ort.InferenceSession(str(DIGITS_MODEL), sess_options=SessionConfig().build(),
@@ -86,7 +86,7 @@ def _serve(spawn: Any, ready: Any) -> None:
 
 
 def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: Any) -> None:
-    from switchyard.actors.inference import InferenceActor, InferenceConfig
+    from switchyard.services.inference.service import InferenceActor, InferenceConfig
     from switchyard.testing import free_tcp_endpoint
 
     async def spawn(system: Any) -> None:
@@ -100,8 +100,8 @@ def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: 
 def serve_broker(endpoint: str, workers: int, ready: Any) -> None:
     import trio
 
-    from switchyard.actors.inference_broker import InferenceBrokerActor, InferenceBrokerConfig
-    from switchyard.actors.inference_worker import InferenceWorkerConfig
+    from switchyard.services.inference.broker import InferenceBrokerActor, InferenceBrokerConfig
+    from switchyard.services.inference.worker import InferenceWorkerConfig
     from switchyard.testing import free_tcp_endpoint
 
     async def spawn(system: Any) -> None:

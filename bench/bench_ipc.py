@@ -63,7 +63,7 @@ def serve_bare(path: str, ready: multiprocessing.synchronize.Event) -> None:
 
 
 def serve_ipc(path: str, ready: multiprocessing.synchronize.Event) -> None:
-    from switchyard.transports.ipc_server import SocketServer
+    from switchyard.transports.ipc.server import SocketServer
 
     async def main() -> None:
         server = SocketServer(path, account_id="bench")  # defaults: heartbeats on
@@ -80,7 +80,7 @@ def serve_ipc(path: str, ready: multiprocessing.synchronize.Event) -> None:
 
 
 def serve_bridge(path: str, ready: multiprocessing.synchronize.Event) -> None:
-    from switchyard.actors.ipc_bridge import IpcServerActor
+    from switchyard.actors.ipc import IpcServerActor
     from switchyard.runtime import Actor, open_system
 
     class Echo(Actor):
@@ -147,7 +147,7 @@ def client_bare(path: str) -> Result:
 
 def client_ipc(codec: str) -> Callable[[str], Result]:
     def run(path: str) -> Result:
-        from switchyard.transports.ipc_client import open_ipc_client
+        from switchyard.transports.ipc.client import open_ipc_client
 
         async def main() -> Result:
             async with open_ipc_client(path, account_id="bench", codec=codec, max_retries=20) as client:
@@ -165,7 +165,7 @@ def client_ipc(codec: str) -> Callable[[str], Result]:
 
 
 def client_ipc_concurrent(path: str) -> Result:
-    from switchyard.transports.ipc_client import open_ipc_client
+    from switchyard.transports.ipc.client import open_ipc_client
 
     async def main() -> Result:
         async with open_ipc_client(path, account_id="bench", max_retries=20) as client:
@@ -190,7 +190,7 @@ def client_ipc_concurrent(path: str) -> Result:
 
 
 def client_bridge(path: str) -> Result:
-    from switchyard.actors.ipc_bridge import open_remote_system
+    from switchyard.actors.ipc import open_remote_system
 
     async def main() -> Result:
         async with open_remote_system(path, max_retries=20) as remote:

@@ -7,7 +7,7 @@ Two servers run side by side, each in its own process, answering the same events
 * baseline: python-socketio's ``AsyncServer`` on uvicorn (asyncio), ``echo`` answered
   in the handler and ``process`` forwarded, as the seed's backend does, over a
   ZeroMQ ipc:// REQ socket (zmq.asyncio) to a worker process running the same
-  project with the same child program (``robot_child.py``).
+  project with the same child program (``services/robot/child.py``).
 
 One client, the same for both: a minimal Engine.IO/Socket.IO client over a raw
 WebSocket (``transport=websocket``, hand-made frames on a blocking socket) in this
@@ -57,8 +57,8 @@ PROCESS_PARAMS = {"params": {"object": "sport_client", "method": "get_status", "
 
 
 def serve_switchyard(port: int, storage: str, ready: multiprocessing.synchronize.Event) -> None:
-    from switchyard.actors.robot_worker import RobotWorkerActor
-    from switchyard.actors.socketio_bridge import SocketIOBridgeActor
+    from switchyard.services.robot.worker import RobotWorkerActor
+    from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
     from switchyard.runtime import open_system
 
     async def main() -> None:
@@ -80,8 +80,8 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
     import zmq
     import zmq.asyncio
 
-    from switchyard.actors.robot_project import shipped_default
-    from switchyard.actors.robot_worker import CHILD_SCRIPT
+    from switchyard.services.robot.project import shipped_default
+    from switchyard.services.robot.worker import CHILD_SCRIPT
 
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     project = Path(storage) / "project"
@@ -313,7 +313,7 @@ def _bench(ports: dict[str, int]) -> dict[str, Any]:
 
 def _install_only(blob: bytes) -> list[float]:
     """The unpack step alone (validation, extraction, swap), without transport or restart."""
-    from switchyard.actors import robot_project
+    from switchyard.services.robot import project as robot_project
 
     times = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ import numpy as np
 
 from bench._harness import server_process
 from bench._stats import median, p99, section, table
-from switchyard.transports.file_session import TensorSessionServer
+from switchyard.services.tensor.file_session import TensorSessionServer
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = 5
@@ -76,7 +76,7 @@ def _samples(fn: Callable[[], object], n: int) -> list[float]:
 
 # -- file protocol --------------------------------------------------------------------
 def _file_session(root: Path, sid: str, *, poll: float = POLL, cpp_backoff: bool = False, extra: tuple[str, ...] = ()):
-    from switchyard.transports.file_session_client import PythonSession
+    from switchyard.services.tensor.file_client import PythonSession
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     session = PythonSession("default", sid, root=root, poll_interval=poll, cpp_backoff=cpp_backoff, env=env,
@@ -119,7 +119,7 @@ def _file_bench(root: Path) -> dict[str, list[float]]:
 def serve_zmq(endpoint: str, ready: multiprocessing.synchronize.Event) -> None:
     import trio
 
-    from switchyard.actors.tensor_session import TensorSessionActor, TensorSessionConfig
+    from switchyard.services.tensor.zmq_session import TensorSessionActor, TensorSessionConfig
     from switchyard.runtime import open_system
 
     async def main() -> None:
@@ -133,7 +133,7 @@ def serve_zmq(endpoint: str, ready: multiprocessing.synchronize.Event) -> None:
 
 
 def _zmq_bench(tmp: Path) -> dict[str, list[float]]:
-    from switchyard.actors.tensor_session_client import TensorSessionClient
+    from switchyard.services.tensor.client import TensorSessionClient
 
     endpoint = f"ipc://{tmp}/tensor.sock"
     results: dict[str, list[float]] = {}

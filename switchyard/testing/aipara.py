@@ -25,7 +25,7 @@ import trio
 import zmq
 from hypothesis import strategies as st
 
-from switchyard.protocols.aipara import (
+from switchyard.services.aipara.protocol import (
     ClipboardData,
     OutboxCommand,
     PasteExecuted,

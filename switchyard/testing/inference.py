@@ -1,8 +1,8 @@
 """Hypothesis strategies and client helpers for the inference task protocol.
 
-* :func:`task_requests` - any valid :class:`~switchyard.protocols.inference.TaskRequest`.
+* :func:`task_requests` - any valid :class:`~switchyard.services.inference.protocol.TaskRequest`.
 * :func:`request_bodies` - request frames in either wire shape (Go base64, byte array).
-* :func:`task_replies` - any :class:`~switchyard.protocols.inference.TaskReply`.
+* :func:`task_replies` - any :class:`~switchyard.services.inference.protocol.TaskReply`.
 * :func:`input_specs` / :func:`spec_and_rows` - input encodings and matching bytes.
 * :func:`mutated_bodies` - near-valid requests with one field broken (for error paths).
 * :func:`digit_task` - a ready-made request for the bundled digits model.
@@ -18,8 +18,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from switchyard.protocols.codec import json_codec
-from switchyard.protocols.inference import TaskReply, TaskRequest, encode_request
-from switchyard.protocols.inference_tensor import DTYPES, InputSpec
+from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_request
+from switchyard.services.inference.tensors import DTYPES, InputSpec
 
 __all__ = [
     "bundled_digit_predictions",

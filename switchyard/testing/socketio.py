@@ -130,8 +130,8 @@ async def open_robot_app(
     Yields ``(system, port)``; clients connect to ``http://127.0.0.1:<port>``.
     ``bridge`` / ``worker`` override config keys of the two actors.
     """
-    from switchyard.actors.robot_worker import RobotWorkerActor
-    from switchyard.actors.socketio_bridge import SocketIOBridgeActor
+    from switchyard.services.robot.worker import RobotWorkerActor
+    from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
 
     port = free_tcp_port()
     async with run_system("robot-test", grace_period=grace_period) as system:

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from switchyard.protocols.tsr import DTYPE_CODES, MAX_NDIM, encode
+from switchyard.services.tensor.tsr import DTYPE_CODES, MAX_NDIM, encode
 
 __all__ = ["same_tensor", "tsr_arrays", "tsr_blobs", "tsr_dtypes"]
 

@@ -1,0 +1,311 @@
+"""The inference engine: request frames in, reply frame and event out.
+
+One engine serves one process (the single-process service, or each scale-out
+worker). It owns the :class:`~switchyard.services.inference.models.ModelRegistry`, a
+:class:`trio.CapacityLimiter` sized to the cores that bounds concurrent
+``session.run`` calls, and one :class:`Batcher` per (model, sample shape).
+
+Dynamic batching: a batcher takes the first waiting request, waits for a free core,
+then stacks whatever else is already waiting (plus what arrives within
+``max_delay_ms``) up to ``max_batch_size`` rows, runs it once in a worker thread and
+splits the result back to each caller. While both cores are busy requests pile up,
+so batches grow exactly when load does; with ``max_delay_ms = 0`` an idle service
+adds no delay at all. ``max_batch_size = 1`` turns batching off.
+
+:meth:`InferenceEngine.serve` never raises for anything a peer sends: every failure
+becomes an ``error`` reply in the request's own format (JSON or msgpack).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import trio
+import zmq
+
+from switchyard.services.inference.models import (
+    LoadedModel,
+    ModelConfig,
+    ModelError,
+    ModelRegistry,
+    SessionConfig,
+    digits_model,
+)
+from switchyard.services.inference.protocol import (
+    DEFAULT_MAX_INPUT_BYTES,
+    TaskError,
+    TaskEvent,
+    TaskReply,
+    TaskRequest,
+    encode_reply,
+    parse_request,
+    sniff_task_id,
+    task_event,
+)
+from switchyard.services.inference.binary import encode_binary_reply, parse_binary_request
+from switchyard.services.inference.tensors import TensorError, decode_rows
+
+__all__ = ["Batcher", "EngineConfig", "InferenceEngine", "Served"]
+
+
+@attrs.frozen
+class EngineConfig:
+    """Model and execution settings shared by the service and its workers."""
+
+    #: Directory holding the ONNX files ("" = the models bundled with switchyard).
+    models_dir: str = ""
+    #: A task's ``model_path`` starting with this maps onto ``models_dir``.
+    path_prefix: str = "/models/"
+    models: list[ModelConfig] = attrs.Factory(lambda: [digits_model()])
+    session: SessionConfig = attrs.Factory(SessionConfig)
+    #: Rows per ``session.run``; 1 turns batching off.
+    max_batch_size: int = 64
+    #: How long a batch waits for more requests once a core is free (0 = never wait).
+    max_delay_ms: float = 0.0
+    #: Concurrent ``session.run`` calls (0 = one per CPU core).
+    threads: int = 0
+    #: Decoded input bytes per task.
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    #: Tasks admitted at once; beyond this a task gets a "busy" error reply at once.
+    max_in_flight: int = 4096
+    #: After the models are loaded, collect garbage once and ``gc.freeze()`` what is left
+    #: (modules, sessions, config: all long-lived), so later full collections skip it.
+    #: Without this a full collection stalls the event loop ~10 ms, which alone broke
+    #: the p99 goal at 10,000 tasks/s (docs/inference.md). Process-wide; off = False.
+    gc_freeze_after_start: bool = True
+
+
+@attrs.frozen
+class Served:
+    """What :meth:`InferenceEngine.serve` produced for one request."""
+
+    reply: bytes
+    event: TaskEvent | None
+    ok: bool
+
+
+@attrs.define(eq=False)
+class _Item:
+    rows: np.ndarray
+    done: trio.Event = attrs.Factory(trio.Event)
+    results: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+class Batcher:
+    """Stacks requests for one model and sample shape; see the module docstring."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        limiter: trio.CapacityLimiter,
+        *,
+        max_batch_size: int,
+        max_delay: float,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.model = model
+        self._limiter = limiter
+        self._max_rows = max_batch_size if model.batchable else 1
+        self._max_delay = max_delay
+        self._nursery = nursery
+        # Unbounded is safe: the engine admits at most max_in_flight tasks.
+        self._send, self._recv = trio.open_memory_channel[_Item](math.inf)
+        self.batches = 0
+        self.rows = 0
+
+    async def submit(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Results for ``rows`` (one dict per row); raises :class:`ModelError` if the run failed."""
+        item = _Item(rows)
+        self._send.send_nowait(item)
+        await item.done.wait()
+        if item.error is not None:
+            raise ModelError(item.error)
+        assert item.results is not None
+        return item.results
+
+    async def run(self) -> None:
+        """Collect and launch batches forever (runs in the engine's nursery)."""
+        carry: _Item | None = None
+        while True:
+            first = carry if carry is not None else await self._recv.receive()
+            carry = None
+            token = object()
+            await self._limiter.acquire_on_behalf_of(token)
+            try:
+                batch, carry = await self._collect(first)
+            except BaseException:
+                self._limiter.release_on_behalf_of(token)
+                raise
+            self._nursery.start_soon(self._execute, batch, token)
+
+    async def _collect(self, first: _Item) -> tuple[list[_Item], _Item | None]:
+        batch = [first]
+        rows = len(first.rows)
+        deadline = trio.current_time() + self._max_delay
+        while rows < self._max_rows:
+            try:
+                item = self._recv.receive_nowait()
+            except trio.WouldBlock:
+                if self._max_delay <= 0 or trio.current_time() >= deadline:
+                    break
+                item = None
+                with trio.move_on_at(deadline):
+                    item = await self._recv.receive()
+                if item is None:
+                    break
+            if rows + len(item.rows) > self._max_rows:
+                return batch, item  # starts the next batch
+            batch.append(item)
+            rows += len(item.rows)
+        return batch, None
+
+    async def _execute(self, batch: list[_Item], token: object) -> None:
+        try:
+            outcomes = await trio.to_thread.run_sync(self.model.compute, [item.rows for item in batch])
+        except BaseException:
+            for item in batch:  # cancelled (shutdown): nobody may wait forever
+                item.error = "the inference service is shutting down"
+                item.done.set()
+            raise
+        finally:
+            self._limiter.release_on_behalf_of(token)
+        self.batches += 1
+        for item, (results, error) in zip(batch, outcomes):
+            self.rows += len(item.rows)
+            item.results, item.error = results, error
+            item.done.set()
+
+
+def _frame_view(frame: Any) -> Any:
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def _ms_since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1000)
+
+
+class InferenceEngine:
+    """Models, batchers and the task lifecycle for one process. Start with ``nursery.start(engine.run)``."""
+
+    def __init__(self, config: EngineConfig, *, logger: logging.Logger | None = None) -> None:
+        self.config = config
+        self.log = logger or logging.getLogger("switchyard.inference")
+        self.registry = ModelRegistry(
+            config.models, models_dir=config.models_dir, path_prefix=config.path_prefix, session=config.session
+        )
+        threads = config.threads if config.threads > 0 else (os.cpu_count() or 1)
+        self.limiter = trio.CapacityLimiter(threads)
+        self._batchers: dict[tuple[str, tuple[int, ...]], Batcher] = {}
+        self._nursery: trio.Nursery | None = None
+        self.in_flight = 0
+        self.stats = {"tasks": 0, "succeeded": 0, "failed": 0, "busy": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Preload models, report ready, then host the batchers until cancelled."""
+        await self.registry.preload()
+        if self.config.gc_freeze_after_start:
+            gc.collect()
+            gc.freeze()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def batcher_stats(self) -> dict[str, dict[str, int]]:
+        return {
+            f"{name}{list(shape)}": {"batches": b.batches, "rows": b.rows}
+            for (name, shape), b in self._batchers.items()
+        }
+
+    # -- one request ---------------------------------------------------------------------
+    async def serve(self, frames: Sequence[Any]) -> Served:
+        """Serve one request given as its body frames (1 frame: JSON, 2: binary)."""
+        start = time.perf_counter()
+        binary = len(frames) == 2
+        encode = encode_binary_reply if binary else encode_reply
+        self.stats["tasks"] += 1
+        if self.in_flight >= self.config.max_in_flight:
+            self.stats["busy"] += 1
+            self.stats["failed"] += 1
+            task_id = "" if binary or not frames else sniff_task_id(_frame_view(frames[0]))
+            message = f"busy: {self.in_flight} tasks in flight (max_in_flight {self.config.max_in_flight})"
+            return Served(encode(TaskReply.failure(task_id, message, _ms_since(start))), None, False)
+        self.in_flight += 1
+        try:
+            if binary:
+                reply, task_type, params = await self._serve_binary(frames, start)
+            elif len(frames) == 1:
+                reply, task_type, params = await self._serve_json(frames[0], start)
+            else:
+                reply = TaskReply.failure("", f"a request has 1 frame (JSON) or 2 (binary), not {len(frames)}")
+                task_type, params = "", {}
+        finally:
+            self.in_flight -= 1
+        self.stats["succeeded" if reply.ok else "failed"] += 1
+        event = task_event(task_type, reply, params) if task_type else None
+        return Served(encode(reply), event, reply.ok)
+
+    async def _serve_json(self, frame: Any, start: float) -> tuple[TaskReply, str, dict[str, str]]:
+        try:
+            request = parse_request(_frame_view(frame), max_input_bytes=self.config.max_input_bytes)
+        except TaskError as exc:
+            return TaskReply.failure(exc.task_id, str(exc), _ms_since(start)), exc.task_type, {}
+        return await self.run_request(request, start), request.task_type, dict(request.params)
+
+    async def run_request(self, request: TaskRequest, start: float | None = None) -> TaskReply:
+        """Run a parsed JSON-form task; failures come back as an ``error`` reply."""
+        start = time.perf_counter() if start is None else start
+        try:
+            model = await self.registry.route(request.task_type, request.model_path)
+            spec = model.spec.with_params(request.params)
+            model.check_sample_shape(spec.shape)
+            rows = decode_rows(request.input_data, spec, rows=1)
+            results = await self._batcher(model, spec.shape).submit(rows)
+        except (ModelError, TensorError) as exc:
+            return TaskReply.failure(request.task_id, str(exc), _ms_since(start))
+        return TaskReply.success(request.task_id, results[0], _ms_since(start))
+
+    async def _serve_binary(self, frames: Sequence[Any], start: float) -> tuple[TaskReply, str, dict[str, str]]:
+        views = [_frame_view(f) for f in frames]
+        try:
+            request = parse_binary_request(views, max_input_bytes=self.config.max_input_bytes)
+        except TaskError as exc:
+            return TaskReply.failure(exc.task_id, str(exc), _ms_since(start)), exc.task_type, {}
+        params = dict(request.params)
+        task_type = request.task_type
+        try:
+            model = await self.registry.route(request.task_type, request.model)
+            task_type = task_type or (model.config.task_types or [model.name])[0]
+            spec = attrs.evolve(model.spec.with_params(params), dtype=request.dtype, shape=request.sample_shape)
+            model.check_sample_shape(spec.shape)
+            rows = decode_rows(request.data, spec, rows=request.rows)
+            results = await self._batcher(model, spec.shape).submit(rows)
+        except (ModelError, TensorError) as exc:
+            return TaskReply.failure(request.task_id, str(exc), _ms_since(start)), task_type, params
+        return TaskReply.success(request.task_id, {"results": results}, _ms_since(start)), task_type, params
+
+    def _batcher(self, model: LoadedModel, shape: tuple[int, ...]) -> Batcher:
+        key = (model.name, shape)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            if self._nursery is None:
+                raise ModelError("the inference engine is not running")
+            batcher = Batcher(
+                model,
+                self.limiter,
+                max_batch_size=max(1, self.config.max_batch_size),
+                max_delay=max(0.0, self.config.max_delay_ms) / 1000.0,
+                nursery=self._nursery,
+            )
+            self._batchers[key] = batcher
+            self._nursery.start_soon(batcher.run)
+        return batcher

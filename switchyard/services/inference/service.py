@@ -1,0 +1,190 @@
+"""The inference service: ONNX Runtime behind the meeting system's ZeroMQ task protocol.
+
+A ROUTER socket (default ``tcp://127.0.0.1:5555``) serves REQ clients, such as the Go
+``ai-inference-service`` (PEERS.md §3), and DEALER clients that send an empty
+delimiter frame before the body, as a REQ socket does. Each request is either one
+JSON frame (:mod:`switchyard.services.inference.protocol`) or the binary fast path
+(:mod:`switchyard.services.inference.binary`); each gets exactly one reply in its
+own format, also for a body over ``max_message_size``, a handler over
+``request_timeout`` or anything unparseable. After each task an event is published
+on ``events_endpoint`` under the topic ``ai_events``.
+
+Models, batching and execution are the engine's
+(:mod:`switchyard.services.inference.engine`); its settings are this config's too.
+``spawn`` returns once preloaded models are loaded and both sockets are bound.
+
+In-process use: ``await ref.ask(TaskRequest(...))`` returns a ``TaskReply`` (served
+one at a time, so no batching across asks), ``await ref.ask("status")`` the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import attrs
+
+from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
+from switchyard.services.inference.events import EventPublisher
+from switchyard.protocols.codec import CodecError, msgpack_codec
+from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
+from switchyard.runtime import Actor
+from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
+
+__all__ = [
+    "FailureLog",
+    "InferenceActor",
+    "InferenceConfig",
+    "error_reply_for",
+    "failure_reply",
+    "start_client_server",
+    "start_events",
+]
+
+
+@attrs.frozen
+class InferenceConfig(EngineConfig):
+    """Service settings; the model/batching fields come from :class:`EngineConfig`."""
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    #: PUB endpoint for ``ai_events`` ("" = publish nothing).
+    events_endpoint: str = "tcp://127.0.0.1:5556"
+    events_topic: str = "ai_events"
+    #: Bytes per request message; bigger ones get an error reply.
+    max_message_size: int = 4 << 20
+    #: Seconds a task may take before it gets an error reply (0 = no limit).
+    request_timeout: float = 30.0
+    #: Requests served at once; more wait in the socket's queue.
+    max_concurrent: int = 1024
+
+
+def _frame_bytes(frame: Any) -> memoryview:
+    return frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+
+
+def error_reply_for(exc: BaseException, body: Any) -> bytes:
+    """The ``error`` reply for a request the handler could not serve, in its own format."""
+    if isinstance(exc, MessageTooLarge):
+        message = f"request too large: {exc}"
+    elif isinstance(exc, HandlerTimeout):
+        message = f"task timed out: {exc}"
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+    return failure_reply(message, body if isinstance(body, list) else [body])
+
+
+def failure_reply(message: str, frames: list[Any]) -> bytes:
+    """An ``error`` reply to the request ``frames`` (JSON or binary form, as they are),
+    naming its task id if it can be found without parsing the whole body."""
+    if len(frames) == 2:
+        task_id = ""
+        try:
+            header = msgpack_codec.decode(_frame_bytes(frames[0])[:65536])
+            if isinstance(header, dict) and isinstance(header.get("task_id"), str):
+                task_id = header["task_id"]
+        except CodecError:
+            pass
+        return encode_reply(TaskReply.failure(task_id, message), msgpack_codec)
+    task_id = sniff_task_id(_frame_bytes(frames[0])) if frames else ""
+    return encode_reply(TaskReply.failure(task_id, message))
+
+
+async def start_events(actor: Actor, config: Any) -> tuple[EventPublisher | None, str | None]:
+    """Start ``actor``'s ``ai_events`` publisher from ``config.events_endpoint``/``events_topic``
+    in its nursery; ``(None, None)`` when ``events_endpoint`` is empty."""
+    if not config.events_endpoint:
+        return None, None
+    events = EventPublisher(config.events_endpoint, topic=config.events_topic.encode("utf-8"), logger=actor.log)
+    return events, await actor.nursery.start(events.run)
+
+
+async def start_client_server(actor: Actor, config: Any, handler: Any) -> tuple[ReqRepServer, str]:
+    """Bind the client-facing ROUTER (REQ and DEALER clients, JSON or binary requests)
+    with ``config``'s limits; every failure is answered by :func:`error_reply_for`."""
+    server = ReqRepServer(
+        EndpointConfig.from_config(config),
+        handler,
+        error_reply=error_reply_for,
+        multipart=True,
+        name=f"{actor.name}.reqrep",
+        logger=actor.log,
+    )
+    return server, await actor.nursery.start(server.serve)
+
+
+class FailureLog:
+    """Logs failed tasks at INFO, at most ``per_second`` lines a second (bad input is
+    logged, but a flood of it cannot flood the log)."""
+
+    def __init__(self, log: logging.Logger, per_second: int = 10) -> None:
+        self.log = log
+        self.per_second = per_second
+        self._window = 0.0
+        self._count = 0
+        self._suppressed = 0
+
+    def failed(self, reply_body: bytes, describe: str) -> None:
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            if self._suppressed:
+                self.log.info("%d more failed tasks not logged", self._suppressed)
+            self._window, self._count, self._suppressed = now, 0, 0
+        if self._count < self.per_second:
+            self._count += 1
+            self.log.info("task failed (%s): %s", describe, reply_body[:300].decode("utf-8", "replace"))
+        else:
+            self._suppressed += 1
+
+
+class InferenceActor(Actor):
+    """ONNX inference over ZeroMQ REQ/REP (Go JSON tasks, binary tensors), batching, ai_events."""
+
+    Config = InferenceConfig
+    mailbox_capacity = 64
+
+    async def on_start(self) -> None:
+        config: InferenceConfig = self.config
+        self.engine = InferenceEngine(config, logger=self.log)
+        await self.nursery.start(self.engine.run)
+        self.events, self.events_endpoint = await start_events(self, config)
+        self.failures = FailureLog(self.log)
+        self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
+        self.log.info(
+            "inference serving %s on %s (events on %s; task types: %s)",
+            ", ".join(self.engine.registry.names), self.endpoint, self.events_endpoint or "off",
+            ", ".join(self.engine.registry.task_types),
+        )
+
+    async def on_stop(self) -> None:
+        await self.server.drain()
+
+    async def _serve_frames(self, frames: list[Any]) -> bytes:
+        served: Served = await self.engine.serve(frames)
+        if not served.ok:
+            self.failures.failed(served.reply, "binary" if len(frames) == 2 else "json")
+        if served.event is not None and self.events is not None:
+            self.events.publish(served.event)
+        return served.reply
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, TaskRequest):
+            reply = await self.engine.run_request(message)
+            if self.events is not None:
+                self.events.publish(task_event(message.task_type, reply, message.params))
+            return reply
+        if message == "status":
+            return self.status()
+        raise ValueError(f"unknown message {message!r}: send a TaskRequest or 'status'")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "events_endpoint": self.events_endpoint,
+            "models": {name: self.engine.registry.loaded(name) is not None for name in self.engine.registry.names},
+            "task_types": self.engine.registry.task_types,
+            "tasks": dict(self.engine.stats),
+            "batches": self.engine.batcher_stats(),
+            "events": dict(self.events.stats) if self.events else {},
+            "server": dict(self.server.stats),
+        }

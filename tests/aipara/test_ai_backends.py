@@ -1,0 +1,356 @@
+"""AI backends: the offline pinyin engine, the local backend, the OpenAI-compatible
+backend against a local SSE server, and the sans-IO SSE/completion pieces."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from switchyard.services.aipara.backends.base import BackendError
+from switchyard.services.aipara.backends.local import LocalBackendConfig, open_local_backend, shared_engine
+from switchyard.services.aipara.backends.openai import OpenAIBackendConfig, open_openai_backend
+from switchyard.services.aipara.backends.pinyin_engine import ConversionInterrupted, normalize_pinyin
+from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
+from switchyard.services.aipara.openai_protocol import (
+    CandidateLines,
+    CompletionError,
+    SSEDecoder,
+    SSEError,
+    SSEEvent,
+    check_template,
+    clean_candidate,
+    parse_completion_event,
+)
+from switchyard.testing import free_tcp_port
+from switchyard.testing.aipara import FakeReply, serve_fake_completions
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return shared_engine(True)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.sentences: list[AiCandidate] = []
+        self.ranked: list[AiCandidate] = []
+        self.calls = 0
+
+    async def cloud(self, words):
+        self.calls += 1
+        self.words.extend(words)
+
+    async def ai(self, candidates, *, ranked=False):
+        self.calls += 1
+        if ranked:  # the best order so far: replaces what came before
+            self.ranked = list(candidates)
+        else:
+            self.sentences.extend(candidates)
+
+
+# -- the engine -----------------------------------------------------------------
+
+
+def test_nihaoshijie(engine):
+    sentences = engine.sentences("nihaoshijie", 5)
+    assert sentences[0].text == "你好世界"
+    assert sentences[0].syllables == ("ni", "hao", "shi", "jie")
+    assert "你好" in engine.words("nihaoshijie", 5)
+
+
+def test_ambiguous_split_is_scored_not_guessed(engine):
+    splits = engine.segmentations("xian", 4)
+    syllables = [s.syllables for s in splits]
+    assert ("xi", "an") in syllables and ("xian",) in syllables
+    texts = [s.text for s in engine.sentences("xian", 8)]
+    assert "西安" in texts and "现" in texts
+    # The scores decide the order, and they are the sentences' scores.
+    by_split = {s.syllables: s.score for s in splits}
+    best = {s.syllables: s.score for s in reversed(engine.sentences("xian", 32))}
+    assert by_split == {k: best[k] for k in by_split}
+
+
+def test_apostrophe_forces_a_syllable_boundary_but_not_a_word_boundary(engine):
+    assert normalize_pinyin("Xi'an") == ("xian", frozenset({2}))
+    sentences = engine.sentences("xi'an", 8)
+    assert sentences[0].text == "西安"
+    assert all(s.syllables == ("xi", "an") for s in sentences)
+
+
+def test_unfinished_last_syllable_is_expanded(engine):
+    texts = [s.text for s in engine.sentences("nihaoshij", 8)]
+    assert "你好世界" in texts and "你好时间" in texts
+
+
+def test_unspellable_and_empty_inputs(engine):
+    assert engine.sentences("xyz") == [] and engine.words("xyz") == []
+    assert engine.sentences("") == [] and engine.sentences("'' 12") == []
+
+
+def test_hmm_rerank_and_interruption(engine):
+    hmm = engine.hmm_sentences(("ni", "hao", "shi", "jie"), 6)
+    assert "你好世界" in [s.text for s in hmm]
+    with pytest.raises(ConversionInterrupted):
+        engine.hmm_sentences(("ni", "hao"), 6, should_stop=lambda: True)
+    with pytest.raises(ConversionInterrupted):
+        engine.sentences("nihao", should_stop=lambda: True)
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz' ", max_size=30))
+def test_engine_never_crashes_and_spells_the_input(text):
+    eng = shared_engine(True)
+    letters, _ = normalize_pinyin(text)
+    for sentence in eng.sentences(text, 4):
+        assert sentence.text
+        # The syllables spell the input; only the last may be an expansion of its tail.
+        prefix = "".join(sentence.syllables[:-1])
+        assert letters.startswith(prefix)
+        assert sentence.syllables[-1].startswith(letters[len(prefix) :])
+
+
+# -- the local backend ------------------------------------------------------------
+
+
+async def test_local_backend_convert_streams_words_then_sentences():
+    async with open_local_backend(LocalBackendConfig(hmm=True)) as backend:
+        sink = Collect()
+        await backend.convert(ConvertRequest("nihaoshijie"), sink)
+    assert sink.calls == 3
+    assert sink.words[0] == "你好"
+    assert [c.value for c in sink.sentences][0] == "你好世界"
+    assert {c.comment_name for c in sink.sentences} == {"pinyin2hanzi DAG"}
+    # After the HMM pass both models' sentences come fused into one order.
+    assert sink.ranked[0] == AiCandidate("你好世界", "pinyin2hanzi DAG+HMM")
+    assert {c.comment_name for c in sink.ranked} == {"pinyin2hanzi DAG", "pinyin2hanzi HMM", "pinyin2hanzi DAG+HMM"}
+    assert {c.value for c in sink.sentences} <= {c.value for c in sink.ranked}
+
+
+async def test_fusion_prefers_what_both_models_rank_well():
+    async with open_local_backend() as backend:
+        sink = Collect()
+        await backend.convert(ConvertRequest("woaini"), sink)
+    # The DAG alone puts 我爱昵 first; the HMM agrees on 我爱你.
+    assert sink.sentences[0].value == "我爱昵"
+    assert sink.ranked[0].value == "我爱你"
+
+
+async def test_local_backend_limits_and_chat():
+    async with open_local_backend(LocalBackendConfig(max_input_letters=5, hmm=False)) as backend:
+        with pytest.raises(BackendError, match="too long"):
+            await backend.convert(ConvertRequest("nihaoshijie"), Collect())
+        sink = Collect()
+        await backend.convert(ConvertRequest("   "), sink)
+        assert sink.calls == 0
+        with pytest.raises(BackendError, match="no chat model configured"):
+            await backend.chat(ChatRequest("你好"), lambda text: trio.lowlevel.checkpoint())
+
+
+async def test_local_backend_cancellation_is_prompt_and_frees_the_thread(monkeypatch):
+    """A cancelled convert returns at once; the worker notices its stop flag and leaves."""
+    async with open_local_backend(LocalBackendConfig(threads=1)) as backend:
+        stopped = []
+
+        def slow_pass(text, *, should_stop):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if should_stop():
+                    stopped.append(True)
+                    raise ConversionInterrupted()
+                time.sleep(0.005)
+            return [], []
+
+        monkeypatch.setattr(backend, "_first_pass", slow_pass)
+        start = trio.current_time()
+        with trio.move_on_after(0.1):
+            await backend.convert(ConvertRequest("nihao"), Collect())
+        assert trio.current_time() - start < 0.5
+        # The limiter slot comes back once the worker has seen the flag.
+        with trio.fail_after(2):
+            while backend.limiter.borrowed_tokens:
+                await trio.sleep(0.01)
+        assert stopped == [True]
+
+
+# -- SSE and completion chunks (sans-IO) -----------------------------------------------
+
+SSE_STREAM = (
+    b"\xef\xbb\xbf: keep-alive\r\n\r\n"
+    b"data: {\"a\": 1}\r\n\r\n"
+    b"event: note\ndata: line one\ndata: line two\nid: 7\n\n"
+    b"data:no-space\r\r"
+    b"data\n\n"
+    b"retry: 10\n\n"
+)
+SSE_EVENTS = [
+    SSEEvent('{"a": 1}'),
+    SSEEvent("line one\nline two", event="note", id="7"),
+    SSEEvent("no-space", id="7"),
+    SSEEvent("", id="7"),
+]
+
+
+def test_sse_decoder_whole():
+    assert SSEDecoder().feed(SSE_STREAM) == SSE_EVENTS
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(SSE_STREAM)), max_size=12))
+def test_sse_decoder_any_chunking(cuts):
+    decoder = SSEDecoder()
+    points = sorted(set(cuts))
+    events = []
+    start = 0
+    for point in [*points, len(SSE_STREAM)]:
+        events.extend(decoder.feed(SSE_STREAM[start:point]))
+        start = point
+    assert events == SSE_EVENTS
+
+
+@given(st.binary(max_size=300))
+def test_sse_decoder_arbitrary_bytes(data):
+    decoder = SSEDecoder(max_event_bytes=64)
+    try:
+        for event in decoder.feed(data):
+            assert isinstance(event.data, str)
+    except SSEError:
+        pass
+
+
+def test_sse_decoder_limit():
+    decoder = SSEDecoder(max_event_bytes=32)
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: " + b"x" * 40)
+
+
+def test_completion_events():
+    assert parse_completion_event("[DONE]").done
+    delta = parse_completion_event('{"choices":[{"delta":{"content":"你"},"finish_reason":null}]}')
+    assert delta.content == "你" and not delta.done
+    assert parse_completion_event('{"choices":[{"delta":{},"finish_reason":"stop"}]}').finish_reason == "stop"
+    assert parse_completion_event('{"usage":{"total_tokens":3}}').content == ""
+    with pytest.raises(CompletionError, match="quota"):
+        parse_completion_event('{"error":{"message":"quota exceeded"}}')
+    with pytest.raises(CompletionError):
+        parse_completion_event("{broken")
+
+
+@given(st.text(max_size=200))
+def test_completion_event_never_raises_other_errors(data):
+    try:
+        parse_completion_event(data)
+    except CompletionError:
+        pass
+
+
+def test_candidate_lines():
+    lines = CandidateLines()
+    assert lines.feed("1. 你好世") == []
+    assert lines.feed("界\n2、你好时节\n- “你好") == ["你好世界", "你好时节"]
+    assert lines.feed("世界”\n") == []  # a duplicate after cleaning
+    assert lines.feed("\n\n3) 尼好") == []
+    assert lines.flush() == ["尼好"]
+    assert clean_candidate("  * 「西安」 ") == "西安"
+
+
+@given(st.lists(st.text(alphabet="你好世界\n ab", max_size=8), max_size=10))
+def test_candidate_lines_chunking_does_not_matter(pieces):
+    one = CandidateLines()
+    whole = one.feed("".join(pieces)) + one.flush()
+    many = CandidateLines()
+    split = [c for piece in pieces for c in many.feed(piece)] + many.flush()
+    assert whole == split
+
+
+def test_templates_are_checked():
+    check_template("拼音：{pinyin} {context}", ["pinyin", "context"])
+    with pytest.raises(ValueError, match="unknown placeholder {user}"):
+        check_template("{user}", ["pinyin"])
+    with pytest.raises(ValueError, match="positional"):
+        check_template("{}", ["pinyin"])
+    with pytest.raises(ValueError, match="attribute"):
+        check_template("{pinyin.__class__}", ["pinyin"])
+    with pytest.raises(ValueError):
+        OpenAIBackendConfig(chat_prompts={"x": "{nope}"})
+
+
+# -- the openai backend over real HTTP ---------------------------------------------------
+
+
+async def test_openai_convert_streams_candidates_per_line(monkeypatch):
+    monkeypatch.setenv("SY_TEST_KEY", "sk-test")
+
+    def script(req):
+        return FakeReply(chunks=("你好", "世界\n你好", "时节\n", "你好视界"))
+
+    async with serve_fake_completions(script) as server:
+        config = OpenAIBackendConfig(base_url=server.base_url, model="m1", api_key_env="SY_TEST_KEY", max_candidates=5)
+        async with open_openai_backend(config, context=lambda: "上一句") as backend:
+            sink = Collect()
+            await backend.convert(ConvertRequest("nihaoshijie", schema_name="s", candidates_text=("你好",)), sink)
+    assert [c.value for c in sink.sentences] == ["你好世界", "你好时节", "你好视界"]
+    assert {c.comment_name for c in sink.sentences} == {"m1"}
+    assert sink.calls == 3  # one report per completed line
+    request = server.requests[0]
+    assert request["model"] == "m1" and request["stream"] is True
+    assert "nihaoshijie" in request["messages"][1]["content"] and "上一句" in request["messages"][1]["content"]
+    assert server.headers[0]["authorization"] == "Bearer sk-test"
+
+
+async def test_openai_convert_stops_at_max_candidates():
+    async with serve_fake_completions(lambda req: FakeReply(chunks=("a\nb\nc\nd\n",))) as server:
+        async with open_openai_backend(OpenAIBackendConfig(base_url=server.base_url, max_candidates=2, api_key_env="")) as backend:
+            sink = Collect()
+            await backend.convert(ConvertRequest("x"), sink)
+    assert [c.value for c in sink.sentences] == ["a", "b"]
+    assert "authorization" not in server.headers[0]
+
+
+async def test_openai_chat_streams_chunks_with_assistant_prompt():
+    async with serve_fake_completions(lambda req: FakeReply(chunks=("你", "好", "！"), delay=0.01)) as server:
+        config = OpenAIBackendConfig(
+            base_url=server.base_url, chat_prompts={"default": "D", "translator": "翻译 {commit_text}"}, chat_user_template="«{commit_text}»"
+        )
+        async with open_openai_backend(config) as backend:
+            chunks: list[str] = []
+
+            async def emit(text):
+                chunks.append(text)
+
+            await backend.chat(ChatRequest("hello", assistant_id="translator"), emit)
+            await backend.chat(ChatRequest("hi", assistant_id="unknown-falls-back"), emit)
+    assert chunks == ["你", "好", "！"] * 2
+    assert server.requests[0]["messages"] == [{"role": "system", "content": "翻译 hello"}, {"role": "user", "content": "«hello»"}]
+    assert server.requests[1]["messages"][0]["content"] == "D"
+
+
+@pytest.mark.parametrize(
+    "reply, words",
+    [
+        (FakeReply(status=500, error_body={"error": {"message": "model overloaded"}}), "HTTP 500: model overloaded"),
+        (FakeReply(chunks=("半",), error_event="context length exceeded"), "context length exceeded"),
+        (FakeReply(raw=b"data: {not json}\n\n"), "bad completion stream"),
+        (FakeReply(raw=b'data: {"choices":[{"delta":{"content":"half"}}]}\n\n'), "ended before the answer was finished"),
+    ],
+)
+async def test_openai_failures_become_backend_errors(reply, words):
+    async with serve_fake_completions(lambda req: reply) as server:
+        async with open_openai_backend(OpenAIBackendConfig(base_url=server.base_url)) as backend:
+            with pytest.raises(BackendError, match=words):
+                await backend.chat(ChatRequest("x"), lambda text: trio.lowlevel.checkpoint())
+
+
+async def test_openai_unknown_assistant_without_default():
+    async with open_openai_backend(OpenAIBackendConfig(chat_prompts={"a": "A"})) as backend:
+        with pytest.raises(BackendError, match="unknown assistant_id 'b'; configured: a"):
+            await backend.chat(ChatRequest("x", assistant_id="b"), lambda text: trio.lowlevel.checkpoint())
+
+
+async def test_openai_unreachable_endpoint():
+    port = free_tcp_port()
+    async with open_openai_backend(OpenAIBackendConfig(base_url=f"http://127.0.0.1:{port}/v1", connect_timeout=1)) as backend:
+        with pytest.raises(BackendError, match="cannot reach"):
+            await backend.chat(ChatRequest("x"), lambda text: trio.lowlevel.checkpoint())
