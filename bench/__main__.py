@@ -24,20 +24,24 @@ def main(argv: list[str]) -> int:
     wanted = [f"bench_{name}" for name in argv] if argv else modules
     unknown = [m for m in wanted if m not in modules]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(m[6:] for m in modules)}",
-              file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(m[6:] for m in modules)}", file=sys.stderr
+        )
         return 2
     sections = []
     failed = []
     for module in wanted:
         print(f"== {module} ==", file=sys.stderr, flush=True)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", f"bench.{module}"], capture_output=True, text=True,
-                                cwd=HERE.parent, timeout=900)
+        result = subprocess.run(
+            [sys.executable, "-m", f"bench.{module}"], capture_output=True, text=True, cwd=HERE.parent, timeout=900
+        )
         took = time.monotonic() - started
         if result.returncode != 0:
             failed.append(module)
-            sections.append(f"### {module}\n\nFAILED (exit {result.returncode}):\n\n```\n{result.stderr[-3000:]}\n```\n")
+            sections.append(
+                f"### {module}\n\nFAILED (exit {result.returncode}):\n\n```\n{result.stderr[-3000:]}\n```\n"
+            )
         else:
             sections.append(result.stdout.strip() + f"\n\n_(took {took:.0f} s)_\n")
         print(sections[-1], flush=True)

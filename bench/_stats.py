@@ -21,7 +21,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(pct / 100.0 * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(pct / 100.0 * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 
@@ -64,7 +64,7 @@ def timed_runs(fn: Callable[[], float], runs: int) -> list[float]:
 class Stopwatch:
     """``with Stopwatch() as sw: ...; sw.elapsed`` in seconds (perf_counter)."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._start = time.perf_counter()
         self.elapsed = 0.0
         return self

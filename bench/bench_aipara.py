@@ -35,12 +35,22 @@ ROUND_TRIPS_PER_CLIENT = 250
 CONVERT_RUNS = 3
 CONVERTS_PER_CLIENT = 12
 PINYIN = [
-    "nihaoshijie", "woaibeijingtiananmen", "zhongguorenmin", "xian", "wozhidaonishishei",
-    "jintiantianqihenhao", "womenyiqiqukanshu", "shurufa", "zhegewentihennan", "mingtianjian",
+    "nihaoshijie",
+    "woaibeijingtiananmen",
+    "zhongguorenmin",
+    "xian",
+    "wozhidaonishishei",
+    "jintiantianqihenhao",
+    "womenyiqiqukanshu",
+    "shurufa",
+    "zhegewentihennan",
+    "mingtianjian",
 ]
 STATE = json.dumps(
     {
-        "messege_type": "state", "is_composing": True, "timestamp": 1753022593756,
+        "messege_type": "state",
+        "is_composing": True,
+        "timestamp": 1753022593756,
         "switches_option": [{"name": "ascii_punct", "type": "simple", "state": False, "state_index": 0}],
         "properties": [{"name": "keepon_chat_trigger", "type": "string", "value": ""}],
     },
@@ -60,9 +70,9 @@ def serve_echo(endpoint: str, ready) -> None:
 
 
 def serve_actor(kind: str, endpoint: str, ready) -> None:
+    from switchyard.runtime import open_system
     from switchyard.services.aipara.ai_stream import AiStreamActor
     from switchyard.services.aipara.rime_state import RimeStateActor
-    from switchyard.runtime import open_system
 
     async def main() -> None:
         async with open_system("bench", grace_period=1) as system:
@@ -155,15 +165,21 @@ def _dealer_converts(endpoint: str) -> tuple[float, list[float], int]:
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     socks = []
-    for i in range(CLIENTS):
+    for _ in range(CLIENTS):
         sock = configure_like_cpp_client(ctx.socket(zmq.DEALER), timeout_ms=AI_TIMEOUT_MS)
         sock.connect(endpoint)
         socks.append(sock)
         poller.register(sock, zmq.POLLIN)
 
     def request(i: int, n: int) -> bytes:
-        return json.dumps({"messege_type": "convert", "confirmed_pos_input": PINYIN[(i + n) % len(PINYIN)],
-                           "stream_mode": True, "timeout": 5.0}).encode()
+        return json.dumps(
+            {
+                "messege_type": "convert",
+                "confirmed_pos_input": PINYIN[(i + n) % len(PINYIN)],
+                "stream_mode": True,
+                "timeout": 5.0,
+            }
+        ).encode()
 
     done = {sock: 0 for sock in socks}
     sent_at = {}
@@ -234,10 +250,27 @@ def main() -> None:
     echo_rate = median(rates["bare blocking pyzmq REP echo (baseline)"])
     rows = []
     for name in SERVERS:
-        rows.append([name, fmt(median(rates[name])), f"{median(lats[name]) * 1e3:.2f}", f"{p99(lats[name]) * 1e3:.2f}",
-                     str(timeouts[name]), ratio(median(rates[name]), echo_rate)])
-    body1 = table(["server (16 REQ clients in lockstep, tcp loopback)", "round trips/s (median)", "p50 ms", "p99 ms",
-                   "timeouts (>100 ms)", "vs echo"], rows)
+        rows.append(
+            [
+                name,
+                fmt(median(rates[name])),
+                f"{median(lats[name]) * 1e3:.2f}",
+                f"{p99(lats[name]) * 1e3:.2f}",
+                str(timeouts[name]),
+                ratio(median(rates[name]), echo_rate),
+            ]
+        )
+    body1 = table(
+        [
+            "server (16 REQ clients in lockstep, tcp loopback)",
+            "round trips/s (median)",
+            "p50 ms",
+            "p99 ms",
+            "timeouts (>100 ms)",
+            "vs echo",
+        ],
+        rows,
+    )
 
     direct = [_direct_engine() for _ in range(CONVERT_RUNS)]
     streams: list[tuple[float, list[float], int]] = []
@@ -251,21 +284,48 @@ def main() -> None:
     stream_lat = [x for _, ls, _ in streams for x in ls]
     per_stream = sum(m for _, _, m in streams) / sum(len(ls) for _, ls, _ in streams)
     rows2 = [
-        ["engine called directly, one thread (baseline)", fmt(direct_rate), f"{median(direct_lat) * 1e3:.1f}",
-         f"{p99(direct_lat) * 1e3:.1f}", "", "1.00x"],
-        ["ai_stream actor, 16 DEALER clients, local backend", fmt(stream_rate), f"{median(stream_lat) * 1e3:.1f}",
-         f"{p99(stream_lat) * 1e3:.1f}", f"{per_stream:.1f}", ratio(stream_rate, direct_rate)],
+        [
+            "engine called directly, one thread (baseline)",
+            fmt(direct_rate),
+            f"{median(direct_lat) * 1e3:.1f}",
+            f"{p99(direct_lat) * 1e3:.1f}",
+            "",
+            "1.00x",
+        ],
+        [
+            "ai_stream actor, 16 DEALER clients, local backend",
+            fmt(stream_rate),
+            f"{median(stream_lat) * 1e3:.1f}",
+            f"{p99(stream_lat) * 1e3:.1f}",
+            f"{per_stream:.1f}",
+            ratio(stream_rate, direct_rate),
+        ],
     ]
-    body2 = table(["convert (10 pinyin strings, words + DAG + HMM)", "converts/s (median)", "p50 ms", "p99 ms",
-                   "messages per stream", "vs direct"], rows2)
+    body2 = table(
+        [
+            "convert (10 pinyin strings, words + DAG + HMM)",
+            "converts/s (median)",
+            "p50 ms",
+            "p99 ms",
+            "messages per stream",
+            "vs direct",
+        ],
+        rows2,
+    )
     notes = (
         f"Rime: {RUNS} runs x {CLIENTS} clients x {ROUND_TRIPS_PER_CLIENT} round trips, servers interleaved; goals "
         "p99 < 5 ms and >= 0.70x the echo. Convert: "
         f"{CONVERT_RUNS} runs x {CLIENTS} clients x {CONVERTS_PER_CLIENT} streams; latency is request to is_final, "
         "so with 16 clients sharing 2 worker threads it includes queueing."
     )
-    print(section("aipara: Rime state REQ/REP and AI convert streams", "python -m bench.bench_aipara",
-                  body1 + "\n\n" + body2, notes))
+    print(
+        section(
+            "aipara: Rime state REQ/REP and AI convert streams",
+            "python -m bench.bench_aipara",
+            body1 + "\n\n" + body2,
+            notes,
+        )
+    )
 
 
 if __name__ == "__main__":

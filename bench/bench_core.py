@@ -154,7 +154,7 @@ def serve_switchyard(endpoint: str, ready: multiprocessing.synchronize.Event) ->
                 return await echo.ask(body)
 
             server = ReqRepServer(EndpointConfig(endpoint), handler, error_reply=lambda exc, body: b"error")
-            await system.root._nursery.start(server.serve)  # noqa: SLF001 - a bench, not an app
+            await system.root._nursery.start(server.serve)
             ready.set()
             await trio.sleep_forever()
 
@@ -250,8 +250,15 @@ def main() -> None:
     rows = []
     raw_tell = [trio.run(_raw_tell) for _ in range(RUNS)]
     our_tell = [trio.run(_actor_tell) for _ in range(RUNS)]
-    rows.append(["`tell` throughput (msg/s)", fmt(median(raw_tell)), fmt(median(our_tell)),
-                 ratio(median(our_tell), median(raw_tell)), "0.80x"])
+    rows.append(
+        [
+            "`tell` throughput (msg/s)",
+            fmt(median(raw_tell)),
+            fmt(median(our_tell)),
+            ratio(median(our_tell), median(raw_tell)),
+            "0.80x",
+        ]
+    )
     raw_ask = [trio.run(_raw_ask) for _ in range(RUNS)]
     our_ask = [trio.run(_actor_ask) for _ in range(RUNS)]
     raw_rate = median([r for r, _ in raw_ask])
@@ -259,22 +266,45 @@ def main() -> None:
     rows.append(["`ask` round trips (/s)", fmt(raw_rate), fmt(our_rate), ratio(our_rate, raw_rate), "0.70x"])
     raw_lat = [x for _, lats in raw_ask for x in lats]
     our_lat = [x for _, lats in our_ask for x in lats]
-    rows.append(["`ask` latency p50 / p99 (µs)", f"{median(raw_lat)*1e6:.1f} / {p99(raw_lat)*1e6:.1f}",
-                 f"{median(our_lat)*1e6:.1f} / {p99(our_lat)*1e6:.1f}", "", ""])
+    rows.append(
+        [
+            "`ask` latency p50 / p99 (µs)",
+            f"{median(raw_lat) * 1e6:.1f} / {p99(raw_lat) * 1e6:.1f}",
+            f"{median(our_lat) * 1e6:.1f} / {p99(our_lat) * 1e6:.1f}",
+            "",
+            "",
+        ]
+    )
     body1 = table(["measure", "raw trio channel", "switchyard actor", "ratio", "goal"], rows)
 
     echo = _echo_bench()
     asyncio_rate = median(echo["zmq.asyncio REP (baseline)"][0])
     rows2 = []
     for name, (rates, lats) in echo.items():
-        rows2.append([name, fmt(median(rates)), f"{median(lats)*1e6:.0f}", f"{p99(lats)*1e6:.0f}",
-                      ratio(median(rates), asyncio_rate)])
-    body2 = table(["server (REQ client in another process, ipc://)", "round trips/s (median)", "p50 µs", "p99 µs",
-                   "vs zmq.asyncio"], rows2)
-    notes = (f"{RUNS} runs each; {TELLS} tells, {ASKS} asks, {ECHOES} REQ round trips per run; "
-             "servers interleaved run by run. Goal for the bridge: >= 1.00x zmq.asyncio.")
-    print(section("Core runtime and ZeroMQ bridge", "python -m bench.bench_core",
-                  body1 + "\n\n" + body2, notes))
+        rows2.append(
+            [
+                name,
+                fmt(median(rates)),
+                f"{median(lats) * 1e6:.0f}",
+                f"{p99(lats) * 1e6:.0f}",
+                ratio(median(rates), asyncio_rate),
+            ]
+        )
+    body2 = table(
+        [
+            "server (REQ client in another process, ipc://)",
+            "round trips/s (median)",
+            "p50 µs",
+            "p99 µs",
+            "vs zmq.asyncio",
+        ],
+        rows2,
+    )
+    notes = (
+        f"{RUNS} runs each; {TELLS} tells, {ASKS} asks, {ECHOES} REQ round trips per run; "
+        "servers interleaved run by run. Goal for the bridge: >= 1.00x zmq.asyncio."
+    )
+    print(section("Core runtime and ZeroMQ bridge", "python -m bench.bench_core", body1 + "\n\n" + body2, notes))
 
 
 if __name__ == "__main__":

@@ -47,11 +47,12 @@ def in_process(batch: int, seconds: float = 0.7) -> float:
     """Rows/s of bare session.run on ``batch`` rows, one thread, same session options as the service."""
     import onnxruntime as ort
 
-    from switchyard.services.inference.models import SessionConfig
     from switchyard.apps.models import DIGITS_MODEL, digits_heldout
+    from switchyard.services.inference.models import SessionConfig
 
-    session = ort.InferenceSession(str(DIGITS_MODEL), sess_options=SessionConfig().build(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(DIGITS_MODEL), sess_options=SessionConfig().build(), providers=["CPUExecutionProvider"]
+    )
     pixels = digits_heldout().pixels.astype(np.float32)
     x = np.resize(pixels, (batch, 64)).astype(np.float32)
     for _ in range(50):
@@ -90,8 +91,12 @@ def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: 
     from switchyard.testing import free_tcp_endpoint
 
     async def spawn(system: Any) -> None:
-        config = InferenceConfig(endpoint=endpoint, events_endpoint=free_tcp_endpoint(),
-                                 max_batch_size=max_batch_size, gc_freeze_after_start=gc_freeze)
+        config = InferenceConfig(
+            endpoint=endpoint,
+            events_endpoint=free_tcp_endpoint(),
+            max_batch_size=max_batch_size,
+            gc_freeze_after_start=gc_freeze,
+        )
         await system.spawn(InferenceActor, name="inference", config=config)
 
     _serve(spawn, ready)
@@ -105,9 +110,13 @@ def serve_broker(endpoint: str, workers: int, ready: Any) -> None:
     from switchyard.testing import free_tcp_endpoint
 
     async def spawn(system: Any) -> None:
-        config = InferenceBrokerConfig(endpoint=endpoint, worker_endpoint=free_tcp_endpoint(),
-                                       events_endpoint=free_tcp_endpoint(), workers=workers,
-                                       worker=InferenceWorkerConfig(threads=1))
+        config = InferenceBrokerConfig(
+            endpoint=endpoint,
+            worker_endpoint=free_tcp_endpoint(),
+            events_endpoint=free_tcp_endpoint(),
+            workers=workers,
+            worker=InferenceWorkerConfig(threads=1),
+        )
         ref = await system.spawn(InferenceBrokerActor, name="broker", config=config)
         while len((await ref.ask("status"))["workers"]) < workers:
             await trio.sleep(0.05)
@@ -122,8 +131,15 @@ def _bodies() -> list[bytes]:
 
     held = digits_heldout()
     # Go's shape: base64 input, the seed's model_path form, string params
-    return [digit_task(f"bench-{i}", held.pixels[i].tobytes(), model_path="/models/digits_mlp.onnx",
-                       params={"meeting_id": "1", "user_id": "2"}) for i in range(len(held.labels))]
+    return [
+        digit_task(
+            f"bench-{i}",
+            held.pixels[i].tobytes(),
+            model_path="/models/digits_mlp.onnx",
+            params={"meeting_id": "1", "user_id": "2"},
+        )
+        for i in range(len(held.labels))
+    ]
 
 
 _OK = b'"status":"success"'
@@ -231,8 +247,15 @@ def paced_clients(endpoint: str, clients: int, rate: float, seconds: float) -> t
 
     held = digits_heldout()
     total = int(rate * seconds)
-    bodies = [digit_task(f"{i}", held.pixels[i % len(held.labels)].tobytes(), model_path="/models/digits_mlp.onnx",
-                         params={"meeting_id": "1", "user_id": "2"}) for i in range(total)]
+    bodies = [
+        digit_task(
+            f"{i}",
+            held.pixels[i % len(held.labels)].tobytes(),
+            model_path="/models/digits_mlp.onnx",
+            params={"meeting_id": "1", "user_id": "2"},
+        )
+        for i in range(total)
+    ]
     ctx = zmq.Context.instance()
     socks = []
     poller = zmq.Poller()
@@ -335,14 +358,17 @@ def main() -> None:
     results: dict[tuple[str, str], list[tuple[float, list[float], int]]] = {}
     for _ in range(args.runs):
         for label, (batch, freeze) in configs.items():
+
             def measure(ep: str, label: str = label, batch: int = batch) -> None:
                 if label == "batching on" or label == "batching off":
                     results.setdefault((label, "1 REQ client, lockstep"), []).append(single_client(ep, SINGLE_TASKS))
                 results.setdefault((label, f"{CLIENTS} DEALERs, closed loop"), []).append(
-                    many_clients(ep, CLIENTS, args.seconds))
+                    many_clients(ep, CLIENTS, args.seconds)
+                )
                 if batch > 1:
                     results.setdefault((label, f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"), []).append(
-                        paced_clients(ep, CLIENTS, PACED_RATE, args.seconds))
+                        paced_clients(ep, CLIENTS, PACED_RATE, args.seconds)
+                    )
 
             with_server(serve_inference, (batch, freeze), measure)
     broker = with_server(serve_broker, (2,), lambda ep: many_clients(ep, CLIENTS, args.seconds))
@@ -352,18 +378,39 @@ def main() -> None:
         (Per-run percentiles: one run hit by another agent's load shows in the worst
         column instead of swamping a pooled p99.)"""
         runs = results[key]
-        return (median([r for r, _, _ in runs]), median([percentile(ls, 50) for _, ls, _ in runs]) * 1e3,
-                median([p99(ls) for _, ls, _ in runs]) * 1e3, max(p99(ls) for _, ls, _ in runs) * 1e3,
-                sum(e for *_, e in runs))
+        return (
+            median([r for r, _, _ in runs]),
+            median([percentile(ls, 50) for _, ls, _ in runs]) * 1e3,
+            median([p99(ls) for _, ls, _ in runs]) * 1e3,
+            max(p99(ls) for _, ls, _ in runs) * 1e3,
+            sum(e for *_, e in runs),
+        )
 
     rows = []
     for key in results:
         rate, p50, tail, worst, errors = summary(key)
         rows.append([f"service, {key[0]}, {key[1]}", fmt(rate), f"{p50:.2f}", f"{tail:.2f}", f"{worst:.2f}", errors])
-    rows.append([f"broker + 2 worker processes, {CLIENTS} DEALERs, closed loop (1 run)", fmt(broker[0]),
-                 f"{percentile(broker[1], 50) * 1e3:.2f}", f"{p99(broker[1]) * 1e3:.2f}", "", broker[2]])
-    body += "\n\n" + table(["through ZeroMQ (tcp loopback, Go-shaped JSON tasks)", "tasks/s", "p50 ms", "p99 ms",
-                            "worst run p99 ms", "errors"], rows)
+    rows.append(
+        [
+            f"broker + 2 worker processes, {CLIENTS} DEALERs, closed loop (1 run)",
+            fmt(broker[0]),
+            f"{percentile(broker[1], 50) * 1e3:.2f}",
+            f"{p99(broker[1]) * 1e3:.2f}",
+            "",
+            broker[2],
+        ]
+    )
+    body += "\n\n" + table(
+        [
+            "through ZeroMQ (tcp loopback, Go-shaped JSON tasks)",
+            "tasks/s",
+            "p50 ms",
+            "p99 ms",
+            "worst run p99 ms",
+            "errors",
+        ],
+        rows,
+    )
 
     closed = f"{CLIENTS} DEALERs, closed loop"
     paced = f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"
@@ -377,21 +424,27 @@ def main() -> None:
 
     goal_rows = [
         ["max tasks/s through ZeroMQ (closed loop, batching on)", fmt(on), ">= 10,000", verdict(on >= 10_000)],
-        [f"p99 at {PACED_RATE:,} tasks/s offered (ms)", f"{paced_p99:.2f} (achieved {fmt(paced_rate)}/s)",
-         "< 10", verdict(paced_p99 < 10 and paced_rate >= 0.98 * PACED_RATE)],
-        [f"same without gc_freeze_after_start (ms)", f"{unfrozen_p99:.2f}", "", ""],
+        [
+            f"p99 at {PACED_RATE:,} tasks/s offered (ms)",
+            f"{paced_p99:.2f} (achieved {fmt(paced_rate)}/s)",
+            "< 10",
+            verdict(paced_p99 < 10 and paced_rate >= 0.98 * PACED_RATE),
+        ],
+        ["same without gc_freeze_after_start (ms)", f"{unfrozen_p99:.2f}", "", ""],
         ["batching on vs off (closed loop)", ratio(on, off), ">= 1.50x", verdict(on >= 1.5 * off)],
         ["service vs in-process batch-1 session.run", ratio(on, median(b1)), "", ""],
     ]
     body += "\n\n" + table(["goal", "measured", "target", ""], goal_rows)
-    notes = (f"{args.runs} runs per configuration, interleaved, a fresh service process each; {SINGLE_TASKS} lockstep "
-             f"tasks per 1-client run; {args.seconds:g} s per {CLIENTS}-client load (closed loop: each DEALER sends "
-             f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); "
-             "tasks/s, p50 and p99 are medians of the per-run figures. One blocking-pyzmq client process and the "
-             "service share the 2 cores; events are published (no subscriber) as in production. CPU actually "
-             f"available to two busy processes: {cores_before:.1f} cores before the bench, {cores_available():.1f} "
-             "after (2.0 = both cores free; the host is shared and this moves from minute to minute, and the "
-             "service figures with it).")
+    notes = (
+        f"{args.runs} runs per configuration, interleaved, a fresh service process each; {SINGLE_TASKS} lockstep "
+        f"tasks per 1-client run; {args.seconds:g} s per {CLIENTS}-client load (closed loop: each DEALER sends "
+        f"its next task when its reply arrives; open loop: {PACED_RATE:,} tasks/s offered on schedule); "
+        "tasks/s, p50 and p99 are medians of the per-run figures. One blocking-pyzmq client process and the "
+        "service share the 2 cores; events are published (no subscriber) as in production. CPU actually "
+        f"available to two busy processes: {cores_before:.1f} cores before the bench, {cores_available():.1f} "
+        "after (2.0 = both cores free; the host is shared and this moves from minute to minute, and the "
+        "service figures with it)."
+    )
     print(section("Inference service (ONNX digits MLP over ZeroMQ)", "python -m bench.bench_inference", body, notes))
 
 

@@ -259,7 +259,7 @@ def main() -> None:
     for name, (rates, latencies) in results.items():
         # Ratio per run (each case ran right after the baseline of its run), then the
         # median: the machine's load drifts between runs far more than within one.
-        per_run = [rate / base for rate, base in zip(rates, base_rates)]
+        per_run = [rate / base for rate, base in zip(rates, base_rates, strict=False)]
         rows.append(
             [
                 name,
@@ -270,8 +270,17 @@ def main() -> None:
                 CASES[name][2],
             ]
         )
-    body = table(["path (server in its own process, Unix socket)", "round trips/s (median)", "p50 µs", "p99 µs",
-                  "vs bare Trio echo: median (range) of per-run ratios", "goal"], rows)
+    body = table(
+        [
+            "path (server in its own process, Unix socket)",
+            "round trips/s (median)",
+            "p50 µs",
+            "p99 µs",
+            "vs bare Trio echo: median (range) of per-run ratios",
+            "goal",
+        ],
+        rows,
+    )
     notes = (
         f"{args.runs} runs, interleaved; {ROUND_TRIPS} round trips per run after {WARMUP} warm-up ones, "
         f"one at a time except the in-flight row. Payload {PAYLOAD!r}; the baseline echoes the "

@@ -23,10 +23,10 @@ import argparse
 import asyncio
 import base64
 import json
-import socket
 import multiprocessing.synchronize
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -57,14 +57,15 @@ PROCESS_PARAMS = {"params": {"object": "sport_client", "method": "get_status", "
 
 
 def serve_switchyard(port: int, storage: str, ready: multiprocessing.synchronize.Event) -> None:
-    from switchyard.services.robot.worker import RobotWorkerActor
-    from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
     from switchyard.runtime import open_system
+    from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
+    from switchyard.services.robot.worker import RobotWorkerActor
 
     async def main() -> None:
         async with open_system("bench-robot") as system:
-            await system.spawn(RobotWorkerActor, name="robot_worker",
-                               config={"storage_root": storage, "max_execution_time": 60.0})
+            await system.spawn(
+                RobotWorkerActor, name="robot_worker", config={"storage_root": storage, "max_execution_time": 60.0}
+            )
             await system.spawn(SocketIOBridgeActor, name="socketio_bridge", config={"port": port})
             ready.set()
             await trio.sleep_forever()
@@ -98,8 +99,7 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
         sub.bind(pub)
         child = await asyncio.create_subprocess_exec(sys.executable, "-P", CHILD_SCRIPT, cmd, pub, str(project))
         lock = asyncio.Lock()
-        sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*",
-                                   max_http_buffer_size=100 * 1024 * 1024)
+        sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", max_http_buffer_size=100 * 1024 * 1024)
 
         @sio.on("echo")
         async def echo(sid: str, data: Any) -> Any:
@@ -108,18 +108,20 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
         @sio.on("process")
         async def process(sid: str, data: Any) -> Any:
             async with lock:  # REQ is lockstep, as in the seed's ZMQ manager
-                await req.send(json.dumps({"command": "process", "data": {},
-                                           "params": data.get("params", {})}).encode())
+                await req.send(
+                    json.dumps({"command": "process", "data": {}, "params": data.get("params", {})}).encode()
+                )
                 return json.loads(await req.recv())
 
         async def forward_callbacks() -> None:  # as the seed's server does (and libzmq needs
-            while True:                            # the SUB socket used to send its subscription)
+            while True:  # the SUB socket used to send its subscription)
                 message = json.loads(await sub.recv())
                 await sio.emit(message["data"]["event"], message["data"].get("data"))
 
         callbacks = asyncio.create_task(forward_callbacks())
-        server = uvicorn.Server(uvicorn.Config(socketio.ASGIApp(sio), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
+        server = uvicorn.Server(
+            uvicorn.Config(socketio.ASGIApp(sio), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.01)
@@ -152,9 +154,13 @@ class Client:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._recv()
@@ -180,12 +186,12 @@ class Client:
                 opcode, length = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
                 start = pos + 2
                 if length == 126:
-                    length, start = int.from_bytes(buf[start:start + 2], "big"), start + 2
+                    length, start = int.from_bytes(buf[start : start + 2], "big"), start + 2
                 elif length == 127:
-                    length, start = int.from_bytes(buf[start:start + 8], "big"), start + 8
+                    length, start = int.from_bytes(buf[start : start + 8], "big"), start + 8
                 if len(buf) < start + length:
                     break
-                payload = buf[start:start + length]
+                payload = buf[start : start + length]
                 pos = start + length
                 if opcode == 1:
                     text = payload.decode()
@@ -292,8 +298,9 @@ def _project_10mb() -> bytes:
 
 
 def _bench(ports: dict[str, int]) -> dict[str, Any]:
-    results: dict[str, Any] = {name: {"echo_lat": [], "echo_rate": [], "proc_lat": [], "proc_rate": []}
-                               for name in ports}
+    results: dict[str, Any] = {
+        name: {"echo_lat": [], "echo_rate": [], "proc_lat": [], "proc_rate": []} for name in ports
+    }
     echo_body = '["echo",{"n":1,"text":"hello robot"}]'
     process_body = '["process",' + json.dumps(PROCESS_PARAMS) + "]"
     for _ in range(RUNS):
@@ -341,38 +348,71 @@ def main() -> None:
 
     ours, base = list(ports)
     rows = []
-    for label, lat_key, rate_key in (("`echo` (bare event on the bridge)", "echo_lat", "echo_rate"),
-                                     ("`process` (bridge -> worker process -> ack)", "proc_lat", "proc_rate")):
+    for label, lat_key, rate_key in (
+        ("`echo` (bare event on the bridge)", "echo_lat", "echo_rate"),
+        ("`process` (bridge -> worker process -> ack)", "proc_lat", "proc_rate"),
+    ):
         r_ours, r_base = results[ours], results[base]
         seq_ours = 1 / median(r_ours[lat_key])
         seq_base = 1 / median(r_base[lat_key])
-        rows.append([f"{label}, sequential", fmt(seq_ours), fmt(seq_base), ratio(seq_ours, seq_base),
-                     f"{median(r_ours[lat_key]) * 1e6:.0f} / {p99(r_ours[lat_key]) * 1e6:.0f}",
-                     f"{median(r_base[lat_key]) * 1e6:.0f} / {p99(r_base[lat_key]) * 1e6:.0f}"])
+        rows.append(
+            [
+                f"{label}, sequential",
+                fmt(seq_ours),
+                fmt(seq_base),
+                ratio(seq_ours, seq_base),
+                f"{median(r_ours[lat_key]) * 1e6:.0f} / {p99(r_ours[lat_key]) * 1e6:.0f}",
+                f"{median(r_base[lat_key]) * 1e6:.0f} / {p99(r_base[lat_key]) * 1e6:.0f}",
+            ]
+        )
         pipe_ours, pipe_base = median(r_ours[rate_key]), median(r_base[rate_key])
-        rows.append([f"{label}, {WINDOW} in flight", fmt(pipe_ours), fmt(pipe_base), ratio(pipe_ours, pipe_base),
-                     "", ""])
-    body = table(["round trips/s (median of runs)", "switchyard", "python-socketio + uvicorn", "ratio",
-                  "switchyard p50 / p99 µs", "baseline p50 / p99 µs"], rows)
+        rows.append(
+            [f"{label}, {WINDOW} in flight", fmt(pipe_ours), fmt(pipe_base), ratio(pipe_ours, pipe_base), "", ""]
+        )
+    body = table(
+        [
+            "round trips/s (median of runs)",
+            "switchyard",
+            "python-socketio + uvicorn",
+            "ratio",
+            "switchyard p50 / p99 µs",
+            "baseline p50 / p99 µs",
+        ],
+        rows,
+    )
     up = results["upload"]
     size_mb = results["upload_size"] / 1e6
-    body2 = table(["10 MB project upload", "median s", "p99 s"], [
-        [f"`update` emit -> ack ({size_mb:.1f} MB ZIP, base64 over WebSocket; includes the worker restart)",
-         f"{median(up):.2f}", f"{p99(up):.2f}"],
-        ["unpack alone (validate, extract, swap `current`), in process", f"{median(install):.2f}",
-         f"{p99(install):.2f}"],
-    ])
+    body2 = table(
+        ["10 MB project upload", "median s", "p99 s"],
+        [
+            [
+                f"`update` emit -> ack ({size_mb:.1f} MB ZIP, base64 over WebSocket; includes the worker restart)",
+                f"{median(up):.2f}",
+                f"{p99(up):.2f}",
+            ],
+            [
+                "unpack alone (validate, extract, swap `current`), in process",
+                f"{median(install):.2f}",
+                f"{p99(install):.2f}",
+            ],
+        ],
+    )
     import uvicorn
 
     ws_impl = "websockets" if _has("websockets") else "wsproto"
-    notes = (f"{RUNS} runs, servers interleaved; per run {SEQUENTIAL} sequential + {PIPELINED} pipelined `echo` and "
-             f"{PROCESS_SEQUENTIAL} + {PROCESS_PIPELINED} `process` (`sport_client.get_status` of the default "
-             f"project), the same minimal WebSocket client (hand-made frames, blocking socket) for both servers. "
-             f"Baseline: python-socketio AsyncServer on uvicorn {uvicorn.__version__} "
-             f"(asyncio, h11, {ws_impl} WebSocket) with the seed's ZeroMQ REQ -> worker design for `process`. "
-             "Goal: bare echo >= 1.5x python-socketio.")
-    print(section("Robot control (Socket.IO bridge + worker)", "python -m bench.bench_robot",
-                  body + "\n\n" + body2, notes))
+    notes = (
+        f"{RUNS} runs, servers interleaved; per run {SEQUENTIAL} sequential + {PIPELINED} pipelined `echo` and "
+        f"{PROCESS_SEQUENTIAL} + {PROCESS_PIPELINED} `process` (`sport_client.get_status` of the default "
+        f"project), the same minimal WebSocket client (hand-made frames, blocking socket) for both servers. "
+        f"Baseline: python-socketio AsyncServer on uvicorn {uvicorn.__version__} "
+        f"(asyncio, h11, {ws_impl} WebSocket) with the seed's ZeroMQ REQ -> worker design for `process`. "
+        "Goal: bare echo >= 1.5x python-socketio."
+    )
+    print(
+        section(
+            "Robot control (Socket.IO bridge + worker)", "python -m bench.bench_robot", body + "\n\n" + body2, notes
+        )
+    )
 
 
 def _has(module: str) -> bool:

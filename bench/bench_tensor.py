@@ -79,8 +79,15 @@ def _file_session(root: Path, sid: str, *, poll: float = POLL, cpp_backoff: bool
     from switchyard.services.tensor.file_client import PythonSession
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    session = PythonSession("default", sid, root=root, poll_interval=poll, cpp_backoff=cpp_backoff, env=env,
-                            server_args=("--server", "bench.bench_tensor:EchoServer", *extra))
+    session = PythonSession(
+        "default",
+        sid,
+        root=root,
+        poll_interval=poll,
+        cpp_backoff=cpp_backoff,
+        env=env,
+        server_args=("--server", "bench.bench_tensor:EchoServer", *extra),
+    )
     session.start()
     session.fetch_response("hello warmup", timeout=30)
     return session
@@ -119,13 +126,16 @@ def _file_bench(root: Path) -> dict[str, list[float]]:
 def serve_zmq(endpoint: str, ready: multiprocessing.synchronize.Event) -> None:
     import trio
 
-    from switchyard.services.tensor.zmq_session import TensorSessionActor, TensorSessionConfig
     from switchyard.runtime import open_system
+    from switchyard.services.tensor.zmq_session import TensorSessionActor, TensorSessionConfig
 
     async def main() -> None:
         async with open_system("bench-tensor") as system:
-            await system.spawn(TensorSessionActor, name="tensor", config=TensorSessionConfig(
-                endpoint=endpoint, server="bench.bench_tensor:EchoServer"))
+            await system.spawn(
+                TensorSessionActor,
+                name="tensor",
+                config=TensorSessionConfig(endpoint=endpoint, server="bench.bench_tensor:EchoServer"),
+            )
             ready.set()
             await trio.sleep_forever()
 
@@ -193,7 +203,7 @@ def _copy_bench() -> dict[str, list[float]]:
         src = np.arange(n_elems, dtype=np.float32)
         dst = np.empty_like(src)
         np.copyto(dst, src)
-        out[name] = [t for _ in range(RUNS) for t in _samples(lambda: np.copyto(dst, src), reps)]
+        out[name] = [t for _ in range(RUNS) for t in _samples(lambda dst=dst, src=src: np.copyto(dst, src), reps)]
     return out
 
 
@@ -222,8 +232,13 @@ def main() -> None:
     rows = [
         _row("file: text exchange (`hello`), client polls every 0.2 ms", files["text"], 0, None, "p50 <= 1.5 ms"),
         _row("file: text exchange, server polling fallback (no inotify)", files["poll_text"], 0, None, ""),
-        _row("file: text exchange, client with the C++ back-off (32 ms first poll)", files["cpp_text"], 0, None,
-             "(unmodified C++ client)"),
+        _row(
+            "file: text exchange, client with the C++ back-off (32 ms first poll)",
+            files["cpp_text"],
+            0,
+            None,
+            "(unmodified C++ client)",
+        ),
         _row("file: 1 MiB tensor there and back", files["1mb"], MiB, copy["1mb"], ""),
         _row("file: 64 MiB tensor there and back", files["64mb"], 64 * MiB, copy["64mb"], ""),
         _row("ZeroMQ ipc: text exchange (`hello`)", zmq_results["text"], 0, None, ""),
@@ -237,7 +252,7 @@ def main() -> None:
         f"{RUNS} runs (file exchanges interleaved run by run, likewise the ZeroMQ ones); samples pooled for "
         f"p50/p99 ({TEXT_N} text, {MB1_N} x 1 MiB per run; 64 MiB: {MB64_N} per run x {MB64_RUNS} runs, so its "
         f"p99 is the maximum; C++ back-off: {CPP_N} per run; ZeroMQ: {ZMQ_TEXT_N} text, {ZMQ_MB1_N} x 1 MiB "
-        f"per run). Session files on {root if args.root else 'the temp dir'} ({fs_type}). \"vs numpy copy\" = copy time / exchange time for the same bytes; an exchange moves "
+        f'per run). Session files on {root if args.root else "the temp dir"} ({fs_type}). "vs numpy copy" = copy time / exchange time for the same bytes; an exchange moves '
         "them there and back. The original Python server's own 32 ms polling floor is not run here (it needs torch); "
         "an unmodified C++ client still polls at 32 ms, so its floor stays ~32 ms whatever the server does: "
         "use the ZeroMQ path for real latency."

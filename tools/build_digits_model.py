@@ -62,9 +62,7 @@ def build(out_dir: Path) -> dict[str, object]:
     X = digits.data.astype(np.float32)  # (1797, 64), values 0..16
     y = digits.target.astype(np.int64)
     indices = np.arange(len(y))
-    train_idx, test_idx = train_test_split(
-        indices, test_size=TEST_SIZE, random_state=SEED, stratify=y
-    )
+    train_idx, test_idx = train_test_split(indices, test_size=TEST_SIZE, random_state=SEED, stratify=y)
     train_idx.sort()
     test_idx.sort()
 
@@ -131,16 +129,13 @@ def build(out_dir: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument(
-        "--check", action="store_true", help="rebuild into a temp dir and compare with --out"
-    )
+    parser.add_argument("--check", action="store_true", help="rebuild into a temp dir and compare with --out")
     args = parser.parse_args(argv)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             meta = build(Path(tmp))
             same = all(
-                (Path(tmp) / name).read_bytes() == (args.out / name).read_bytes()
-                for name in (MODEL_NAME, HELDOUT_NAME)
+                (Path(tmp) / name).read_bytes() == (args.out / name).read_bytes() for name in (MODEL_NAME, HELDOUT_NAME)
             )
         print(f"rebuilt: held-out accuracy {meta['onnx_accuracy']}; identical: {same}")
         return 0 if same else 1

@@ -165,7 +165,9 @@ class _as_reply_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is None or not isinstance(exc, Exception):
             return
         if isinstance(exc, ActorError):
@@ -216,7 +218,7 @@ class RemoteActorRef:
     ``tell_nowait`` are only logged (on both sides), as nobody waits for them.
     """
 
-    __slots__ = ("_remote", "_name")
+    __slots__ = ("_name", "_remote")
 
     def __init__(self, remote: RemoteSystem, name: str) -> None:
         self._remote = remote

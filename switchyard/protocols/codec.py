@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-__all__ = ["Codec", "CodecError", "JsonCodec", "MsgpackCodec", "json_codec", "msgpack_codec", "get_codec"]
+__all__ = ["Codec", "CodecError", "JsonCodec", "MsgpackCodec", "get_codec", "json_codec", "msgpack_codec"]
 
 
 class CodecError(ValueError):

@@ -32,24 +32,24 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RECORD_SEPARATOR",
     "EngineIOError",
-    "SessionClosingError",
-    "ErrorCode",
-    "PacketType",
-    "Packet",
-    "encode_packet",
-    "decode_packet",
-    "encode_payload",
-    "decode_payload",
-    "Handshake",
     "EngineRequest",
-    "parse_request",
-    "error_body",
-    "Transport",
-    "SessionState",
-    "UpgradeState",
+    "ErrorCode",
+    "Handshake",
     "MessageReceived",
-    "SessionClosed",
+    "Packet",
+    "PacketType",
     "ServerSession",
+    "SessionClosed",
+    "SessionClosingError",
+    "SessionState",
+    "Transport",
+    "UpgradeState",
+    "decode_packet",
+    "decode_payload",
+    "encode_packet",
+    "encode_payload",
+    "error_body",
+    "parse_request",
 ]
 
 PROTOCOL_VERSION = 4
@@ -88,7 +88,7 @@ class EngineIOError(ValueError):
 class SessionClosingError(EngineIOError):
     """A protocol violation that closed the session; ``events`` report the close."""
 
-    def __init__(self, message: str, events: "list[SessionEvent]") -> None:
+    def __init__(self, message: str, events: list[SessionEvent]) -> None:
         super().__init__(message, ErrorCode.BAD_REQUEST)
         self.events = events
 
@@ -111,7 +111,7 @@ class PacketType(enum.IntEnum):
     NOOP = 6
 
 
-def _check_data(instance: "Packet", attribute: object, value: str | bytes) -> None:
+def _check_data(instance: Packet, attribute: object, value: str | bytes) -> None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         if instance.type is not PacketType.MESSAGE:
             raise ValueError("only MESSAGE packets may carry binary data")
@@ -272,9 +272,7 @@ def parse_request(query: str | Mapping[str, str]) -> EngineRequest:
     try:
         transport = Transport(params.get("transport", ""))
     except ValueError:
-        raise EngineIOError(
-            f"transport={params.get('transport')!r}", ErrorCode.UNKNOWN_TRANSPORT
-        ) from None
+        raise EngineIOError(f"transport={params.get('transport')!r}", ErrorCode.UNKNOWN_TRANSPORT) from None
     sid = params.get("sid") or None
     return EngineRequest(transport, sid)
 
@@ -482,9 +480,7 @@ class ServerSession:
             raise EngineIOError("no upgrade is being probed", ErrorCode.BAD_REQUEST)
         if packet.type is not PacketType.UPGRADE:
             self.upgrade = UpgradeState.NONE
-            raise EngineIOError(
-                f"expected an UPGRADE packet, got {packet.type.name}", ErrorCode.BAD_REQUEST
-            )
+            raise EngineIOError(f"expected an UPGRADE packet, got {packet.type.name}", ErrorCode.BAD_REQUEST)
         self.upgrade = UpgradeState.DONE
         self.transport = Transport.WEBSOCKET
 

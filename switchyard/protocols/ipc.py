@@ -162,16 +162,12 @@ class Message:
         raw_kind = body.get("kind")
         kind = _KINDS.get(raw_kind) if isinstance(raw_kind, str) else None
         if kind is None:
-            raise BadMessage(
-                f"'kind' must be one of {', '.join(_KINDS)}; got {raw_kind!r}"[:200], id=id, method=method
-            )
+            raise BadMessage(f"'kind' must be one of {', '.join(_KINDS)}; got {raw_kind!r}"[:200], id=id, method=method)
         timestamp = body.get("timestamp", 0.0)
         if timestamp is None:
             timestamp = 0.0
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-            raise BadMessage(
-                f"'timestamp' must be a number, not {type(timestamp).__name__}", id=id, method=method
-            )
+            raise BadMessage(f"'timestamp' must be a number, not {type(timestamp).__name__}", id=id, method=method)
         return cls(kind, id, method, body.get("data"), float(timestamp))
 
 

@@ -83,7 +83,7 @@ def encode_frame(message: Message, codec: Codec, max_frame_size: int = DEFAULT_M
 class FrameDecoder:
     """Splits a byte stream into frame bodies, however the bytes were chunked."""
 
-    __slots__ = ("_buffer", "_start", "_limit", "_broken")
+    __slots__ = ("_broken", "_buffer", "_limit", "_start")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < 0:
@@ -171,4 +171,3 @@ class MessageReader:
         if codec is None:
             codec = self.codec = sniff_codec(body)
         return decode_body(body, codec)
-

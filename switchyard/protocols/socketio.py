@@ -28,17 +28,17 @@ import attrs
 __all__ = [
     "DEFAULT_NAMESPACE",
     "RESERVED_EVENTS",
-    "SocketIOError",
-    "PacketType",
-    "Packet",
-    "encode_packet",
-    "Decoder",
-    "ConnectRequested",
-    "EventReceived",
     "AckReceived",
     "ClientDisconnected",
+    "ConnectRequested",
+    "Decoder",
+    "EventReceived",
+    "Packet",
     "PacketDropped",
+    "PacketType",
     "ServerConnection",
+    "SocketIOError",
+    "encode_packet",
 ]
 
 DEFAULT_NAMESPACE = "/"
@@ -101,7 +101,7 @@ def _check_shape(kind: PacketType, data: Any, ack_id: int | None) -> str | None:
     return f"unknown packet type {kind!r}"  # pragma: no cover - enum is closed
 
 
-def _check_packet(instance: "Packet", attribute: object, value: object) -> None:
+def _check_packet(instance: Packet, attribute: object, value: object) -> None:
     if instance.id is not None and (not isinstance(instance.id, int) or instance.id < 0):
         raise ValueError("id must be a non-negative int")
     nsp = instance.nsp
@@ -454,8 +454,14 @@ class ServerConnection:
             body["data"] = data
         self._queue(Packet(PacketType.CONNECT_ERROR, nsp, body))
 
-    def emit(self, event: str, args: list[Any] | tuple[Any, ...] = (), *, nsp: str = DEFAULT_NAMESPACE,
-             want_ack: bool = False) -> int | None:
+    def emit(
+        self,
+        event: str,
+        args: list[Any] | tuple[Any, ...] = (),
+        *,
+        nsp: str = DEFAULT_NAMESPACE,
+        want_ack: bool = False,
+    ) -> int | None:
         """Queue an event; returns the ack id to expect when ``want_ack``."""
         if not self.is_connected(nsp):
             raise SocketIOError(f"namespace {nsp!r} is not connected")

@@ -101,9 +101,7 @@ class Actor:
 class ActorSlot:
     """Everything that outlives one incarnation of a named actor: mailbox, ref, counters."""
 
-    def __init__(
-        self, *, name: str, actor_class: type[Actor], config: Any, capacity: int, system: System
-    ) -> None:
+    def __init__(self, *, name: str, actor_class: type[Actor], config: Any, capacity: int, system: System) -> None:
         self.name = name
         self.actor_class = actor_class
         self.config = config

@@ -25,14 +25,23 @@ log = logging.getLogger("switchyard.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchyard", description="Run switchyard actor apps.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        type=str.upper, help="log level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level (default INFO)",
+    )
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log format (default text)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an app manifest (default: the built-in default app)")
     run.add_argument("manifest", nargs="?", help="path to an app manifest (TOML)")
-    run.add_argument("--grace-period", type=float, default=None,
-                     help="seconds in-flight work gets on shutdown (default: the manifest's)")
+    run.add_argument(
+        "--grace-period",
+        type=float,
+        default=None,
+        help="seconds in-flight work gets on shutdown (default: the manifest's)",
+    )
     check = commands.add_parser("check", help="validate a manifest; start nothing")
     check.add_argument("manifest", help="path to an app manifest (TOML)")
     commands.add_parser("kinds", help="list the registered actor kinds")
@@ -65,12 +74,14 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
-        print(f"{app.source}: ok: app {app.name!r}, {len(app.actors)} actor(s): "
-              + ", ".join(f"{a.name} ({a.kind})" for a in app.actors))
+        print(
+            f"{app.source}: ok: app {app.name!r}, {len(app.actors)} actor(s): "
+            + ", ".join(f"{a.name} ({a.kind})" for a in app.actors)
+        )
         return 0
     try:
         trio.run(run_until_signalled, app, args.grace_period)
-    except BaseException as raised:  # noqa: BLE001 - the one place that turns failures into exit codes
+    except BaseException as raised:
         exc = single_cause(raised)
         if isinstance(exc, KeyboardInterrupt):
             return 0
@@ -111,7 +122,7 @@ async def run_until_signalled(app: AppSpec, grace_period: float | None = None) -
 
 def _kinds() -> int:
     width = max((len(name) for name in known_kinds()), default=0)
-    for name, target in known_kinds().items():
+    for name, _target in known_kinds().items():
         try:
             line = summary(resolve_kind(name))
         except ConfigError as exc:

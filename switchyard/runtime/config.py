@@ -73,8 +73,10 @@ def _check(tp: Any, value: Any, where: str, key: str) -> Any:
                 return _check(option, value, where, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{where}: key {key!r}: expected {_type_text(tp)}, got {_type_name(value)} ({value!r})"
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(f"{where}: key {key!r}: expected {_type_text(tp)}, got {_type_name(value)} ({value!r})")
         )
     if origin is Literal:
         if value not in get_args(tp):

@@ -24,7 +24,7 @@ class Envelope:
     the actor can skip work nobody will read.
     """
 
-    __slots__ = ("message", "kind", "done", "value", "error", "replies", "scope", "abandoned")
+    __slots__ = ("abandoned", "done", "error", "kind", "message", "replies", "scope", "value")
 
     def __init__(self, message: Any, kind: Kind) -> None:
         self.message = message
@@ -49,4 +49,3 @@ class Envelope:
         if self.replies is not None:
             # The consumer finds ``error`` when the closed channel ends its iteration.
             self.replies.close()
-

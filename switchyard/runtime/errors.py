@@ -82,8 +82,7 @@ class SupervisorEscalation(SwitchyardError):
 
     def __init__(self, supervisor: str, child: str, restarts: int, within: float) -> None:
         super().__init__(
-            f"supervisor {supervisor!r} gave up: child {child!r} failed more than "
-            f"{restarts} times within {within:g} s"
+            f"supervisor {supervisor!r} gave up: child {child!r} failed more than {restarts} times within {within:g} s"
         )
         self.supervisor = supervisor
         self.child = child

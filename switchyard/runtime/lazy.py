@@ -17,9 +17,7 @@ from typing import Any
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(
-    package: str, names: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` that import ``names[attr]`` (relative to ``package``) on first use.
 
     The imported object is cached in the package's namespace, so each name is

@@ -244,14 +244,19 @@ class Supervisor:
             self._restart_times.popleft()
         if len(self._restart_times) > self.max_restarts:
             self.log.error(
-                "restart intensity exceeded (%d in %g s) for child %r: giving up", len(self._restart_times),
-                self.within, entry.child.name,
+                "restart intensity exceeded (%d in %g s) for child %r: giving up",
+                len(self._restart_times),
+                self.within,
+                entry.child.name,
             )
             raise SupervisorEscalation(self.name, entry.child.name, self.max_restarts, self.within) from cause
         self.restarts += 1
         self.log.warning(
-            "restarting child %r (%s, strategy %s) after %s", entry.child.name, entry.restart.value,
-            self.strategy.value, f"crash: {cause!r}" if cause is not None else "normal exit",
+            "restarting child %r (%s, strategy %s) after %s",
+            entry.child.name,
+            entry.restart.value,
+            self.strategy.value,
+            f"crash: {cause!r}" if cause is not None else "normal exit",
         )
 
     async def _restart_after(self, failed: _ChildEntry, cause: BaseException | None) -> None:

@@ -25,6 +25,7 @@ import trio
 import zmq
 from hypothesis import strategies as st
 
+from switchyard.protocols.codec import json_codec
 from switchyard.services.aipara.protocol import (
     ClipboardData,
     OutboxCommand,
@@ -35,29 +36,28 @@ from switchyard.services.aipara.protocol import (
     SetOption,
     SetProperty,
 )
-from switchyard.protocols.codec import json_codec
 
 __all__ = [
-    "RIME_TIMEOUT_MS",
     "AI_TIMEOUT_MS",
     "CPP_CLIENT_OPTIONS",
-    "configure_like_cpp_client",
-    "json_values",
-    "switch_dicts",
-    "state_dicts",
-    "commit_dicts",
-    "command_dicts",
-    "rime_request_dicts",
-    "convert_dicts",
-    "chat_dicts",
-    "ai_request_dicts",
-    "outbox_commands",
-    "hostile_bodies",
-    "RimeClient",
+    "RIME_TIMEOUT_MS",
     "AiClient",
-    "FakeReply",
     "FakeCompletions",
+    "FakeReply",
+    "RimeClient",
+    "ai_request_dicts",
+    "chat_dicts",
+    "command_dicts",
+    "commit_dicts",
+    "configure_like_cpp_client",
+    "convert_dicts",
+    "hostile_bodies",
+    "json_values",
+    "outbox_commands",
+    "rime_request_dicts",
     "serve_fake_completions",
+    "state_dicts",
+    "switch_dicts",
 ]
 
 RIME_TIMEOUT_MS = 100
@@ -98,8 +98,15 @@ class RimeClient:
     ``TimeoutError``. ``identity`` mimics the newer client's ``<client_id>-rime``.
     """
 
-    def __init__(self, endpoint: str, *, identity: bytes | None = None, timeout_ms: int = RIME_TIMEOUT_MS,
-                 curve: tuple[bytes, bytes, bytes] | None = None, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        identity: bytes | None = None,
+        timeout_ms: int = RIME_TIMEOUT_MS,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.identity = identity
         self.timeout_ms = timeout_ms
@@ -142,14 +149,27 @@ class AiClient:
     """A blocking DEALER client set up like the C++ client's AI socket (5 s timeouts,
     single-frame requests). Use from a worker thread under Trio."""
 
-    def __init__(self, endpoint: str, *, identity: bytes | None = None, timeout_ms: int = AI_TIMEOUT_MS,
-                 curve: tuple[bytes, bytes, bytes] | None = None, context: zmq.Context | None = None) -> None:
-        self.sock = configure_like_cpp_client((context or zmq.Context.instance()).socket(zmq.DEALER), timeout_ms=timeout_ms)
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        identity: bytes | None = None,
+        timeout_ms: int = AI_TIMEOUT_MS,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.sock = configure_like_cpp_client(
+            (context or zmq.Context.instance()).socket(zmq.DEALER), timeout_ms=timeout_ms
+        )
         if identity is not None:
             self.sock.setsockopt(zmq.IDENTITY, identity)
         if curve is not None:
             public, secret, server_public = curve
-            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = public, secret, server_public
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = (
+                public,
+                secret,
+                server_public,
+            )
         self.sock.connect(endpoint)
 
     def send(self, message: dict[str, Any] | bytes) -> None:
@@ -184,7 +204,13 @@ _timestamps = st.integers(min_value=0, max_value=2**53)
 
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     """Arbitrary JSON values (finite floats only)."""
-    scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | _text
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**53), 2**53)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | _text
+    )
     return st.recursive(
         scalars,
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
@@ -202,15 +228,18 @@ def switch_dicts() -> st.SearchStrategy[dict[str, Any]]:
 
 def _properties() -> st.SearchStrategy[Any]:
     as_object = st.dictionaries(_name, _text, max_size=4)
-    as_list = st.lists(
-        st.builds(lambda n, v: {"name": n, "type": "string", "value": v}, _name, _text), max_size=4
-    )
+    as_list = st.lists(st.builds(lambda n, v: {"name": n, "type": "string", "value": v}, _name, _text), max_size=4)
     return as_object | as_list
 
 
 def _embedded_command() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
-        {"messege_type": st.just("command"), "command": _name, "timestamp": _timestamps, "client_id": st.just("lua_tcp_client")},
+        {
+            "messege_type": st.just("command"),
+            "command": _name,
+            "timestamp": _timestamps,
+            "client_id": st.just("lua_tcp_client"),
+        },
         optional={"command_value": _text},
     )
 
@@ -232,7 +261,13 @@ def state_dicts() -> st.SearchStrategy[dict[str, Any]]:
 def commit_dicts() -> st.SearchStrategy[dict[str, Any]]:
     """``commit`` requests: a state plus what was committed."""
     return st.builds(
-        lambda base, app, pinyin, text: {**base, "messege_type": "commit", "current_app": app, "commit_pinyin": pinyin, "commit_text": text},
+        lambda base, app, pinyin, text: {
+            **base,
+            "messege_type": "commit",
+            "current_app": app,
+            "commit_pinyin": pinyin,
+            "commit_text": text,
+        },
         state_dicts(),
         _text,
         st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", max_size=24),
@@ -243,7 +278,12 @@ def commit_dicts() -> st.SearchStrategy[dict[str, Any]]:
 def command_dicts() -> st.SearchStrategy[dict[str, Any]]:
     """Top-level ``command`` requests (e.g. ``paste``)."""
     return st.fixed_dictionaries(
-        {"messege_type": st.just("command"), "command": st.sampled_from(["paste"]) | _name, "timestamp": _timestamps, "client_id": st.just("lua_tcp_client")}
+        {
+            "messege_type": st.just("command"),
+            "command": st.sampled_from(["paste"]) | _name,
+            "timestamp": _timestamps,
+            "client_id": st.just("lua_tcp_client"),
+        }
     )
 
 
@@ -369,14 +409,18 @@ async def serve_fake_completions(script: Callable[[dict[str, Any]], FakeReply]) 
             nursery.cancel_scope.cancel()
 
 
-async def _serve_one(stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions) -> None:
+async def _serve_one(
+    stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions
+) -> None:
     try:
         await _exchange(stream, script, server)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client hung up mid-reply (e.g. its convert was superseded)
 
 
-async def _exchange(stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions) -> None:
+async def _exchange(
+    stream: trio.SocketStream, script: Callable[[dict[str, Any]], FakeReply], server: FakeCompletions
+) -> None:
     conn = h11.Connection(h11.SERVER)
     body = b""
     request: h11.Request | None = None
@@ -416,11 +460,25 @@ async def _exchange(stream: trio.SocketStream, script: Callable[[dict[str, Any]]
 
         if reply.status != 200:
             body_out = json.dumps(reply.error_body).encode()
-            await send(h11.Response(status_code=reply.status, headers=[("content-type", "application/json"), ("content-length", str(len(body_out))), ("connection", "close")]))
+            await send(
+                h11.Response(
+                    status_code=reply.status,
+                    headers=[
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body_out))),
+                        ("connection", "close"),
+                    ],
+                )
+            )
             await send(h11.Data(data=body_out))
             await send(h11.EndOfMessage())
             return
-        await send(h11.Response(status_code=200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("connection", "close")]))
+        await send(
+            h11.Response(
+                status_code=200,
+                headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("connection", "close")],
+            )
+        )
         if reply.raw is not None:
             await send(h11.Data(data=reply.raw))
         else:
@@ -431,12 +489,22 @@ async def _exchange(stream: trio.SocketStream, script: Callable[[dict[str, Any]]
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
                     "model": payload.get("model", ""),
-                    "choices": [{"index": 0, "delta": ({"role": "assistant"} if index == 0 else {}) | {"content": piece}, "finish_reason": None}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": ({"role": "assistant"} if index == 0 else {}) | {"content": piece},
+                            "finish_reason": None,
+                        }
+                    ],
                 }
                 await send(h11.Data(data=_sse(chunk)))
             if reply.error_event is not None:
                 await send(h11.Data(data=_sse({"error": {"message": reply.error_event}})))
             else:
-                final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                final = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
                 await send(h11.Data(data=_sse(final) + b"data: [DONE]\n\n"))
         await send(h11.EndOfMessage())

@@ -36,7 +36,9 @@ def compile_cpp(source: Path, out: Path, *, libs: Sequence[str] = (), std: str =
     command += [f"-l{lib}" for lib in libs]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)
     if result.returncode != 0 and any(hint in result.stderr for hint in _MISSING_HEADER_HINTS):
-        _unavailable(f"libzmq/cppzmq development files missing (apt-get install libzmq3-dev cppzmq-dev): "
-                     f"{result.stderr.strip()[:200]}")
+        _unavailable(
+            f"libzmq/cppzmq development files missing (apt-get install libzmq3-dev cppzmq-dev): "
+            f"{result.stderr.strip()[:200]}"
+        )
     assert result.returncode == 0, result.stderr
     return out

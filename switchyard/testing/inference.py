@@ -24,10 +24,10 @@ from switchyard.services.inference.tensors import DTYPES, InputSpec
 __all__ = [
     "bundled_digit_predictions",
     "digit_task",
-    "req_roundtrips",
     "input_specs",
     "json_results",
     "mutated_bodies",
+    "req_roundtrips",
     "request_bodies",
     "spec_and_rows",
     "task_replies",
@@ -83,9 +83,7 @@ def task_replies() -> st.SearchStrategy[TaskReply]:
 
 def input_specs(max_elements: int = 64) -> st.SearchStrategy[InputSpec]:
     """Encodings with small shapes over every supported dtype."""
-    shapes = st.lists(st.integers(1, 8), min_size=1, max_size=3).filter(
-        lambda dims: math.prod(dims) <= max_elements
-    )
+    shapes = st.lists(st.integers(1, 8), min_size=1, max_size=3).filter(lambda dims: math.prod(dims) <= max_elements)
     return st.builds(
         InputSpec,
         dtype=st.sampled_from(sorted(DTYPES)),
@@ -132,12 +130,20 @@ def mutated_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 def digit_task(
-    task_id: str, pixels: bytes, *, task_type: str = "digit_recognition", model_path: str = "",
-    params: dict[str, str] | None = None, byte_array: bool = False,
+    task_id: str,
+    pixels: bytes,
+    *,
+    task_type: str = "digit_recognition",
+    model_path: str = "",
+    params: dict[str, str] | None = None,
+    byte_array: bool = False,
 ) -> bytes:
     """A request frame for the bundled digits model (64 pixel bytes, values 0..16)."""
     request = TaskRequest(
-        task_id=task_id, task_type=task_type, model_path=model_path, input_data=bytes(pixels),
+        task_id=task_id,
+        task_type=task_type,
+        model_path=model_path,
+        input_data=bytes(pixels),
         params=params or {},
     )
     return encode_request(request, byte_array=byte_array)

@@ -9,6 +9,7 @@ and :func:`read_messages`, for tests that talk to a server over a raw stream.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import trio
@@ -64,7 +65,7 @@ def chunked(draw: st.DrawFn, data: bytes, max_chunks: int = 40) -> list[bytes]:
         return [b""] * draw(st.integers(0, 2))
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=max_chunks)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 async def read_messages(

@@ -23,15 +23,15 @@ from switchyard.testing.ports import free_tcp_port
 from switchyard.testing.system import run_system
 
 __all__ = [
+    "engineio_frames",
+    "engineio_packets",
     "json_text",
     "json_values",
-    "engineio_packets",
-    "engineio_frames",
+    "open_robot_app",
+    "project_zip",
+    "socketio_event_names",
     "socketio_namespaces",
     "socketio_packets",
-    "socketio_event_names",
-    "project_zip",
-    "open_robot_app",
 ]
 
 json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -67,15 +67,12 @@ def engineio_packets(draw: st.DrawFn) -> engineio.Packet:
 
 def engineio_frames() -> st.SearchStrategy[str | bytes]:
     """Arbitrary WebSocket frames, well-formed or not."""
-    return st.one_of(st.text(max_size=80), st.binary(max_size=80),
-                     engineio_packets().map(engineio.encode_packet))
+    return st.one_of(st.text(max_size=80), st.binary(max_size=80), engineio_packets().map(engineio.encode_packet))
 
 
 socketio_namespaces = st.one_of(
     st.just(socketio.DEFAULT_NAMESPACE),
-    st.text(st.characters(exclude_categories=("Cs",), exclude_characters=",?"), max_size=12).map(
-        lambda s: "/" + s
-    ),
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters=",?"), max_size=12).map(lambda s: "/" + s),
 )
 
 socketio_event_names = json_text.filter(lambda name: name not in socketio.RESERVED_EVENTS)
@@ -96,7 +93,9 @@ def socketio_packets(draw: st.DrawFn, *, binary: bool = True) -> socketio.Packet
     if kind is T.DISCONNECT:
         return socketio.Packet(kind, nsp)
     if kind is T.CONNECT_ERROR:
-        data = draw(st.one_of(json_text, st.fixed_dictionaries({"message": json_text}, optional={"data": json_values()})))
+        data = draw(
+            st.one_of(json_text, st.fixed_dictionaries({"message": json_text}, optional={"data": json_values()}))
+        )
         return socketio.Packet(kind, nsp, data)
     if kind is T.EVENT:
         data = [draw(socketio_event_names), *draw(st.lists(values, max_size=4))]
@@ -130,12 +129,13 @@ async def open_robot_app(
     Yields ``(system, port)``; clients connect to ``http://127.0.0.1:<port>``.
     ``bridge`` / ``worker`` override config keys of the two actors.
     """
-    from switchyard.services.robot.worker import RobotWorkerActor
     from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
+    from switchyard.services.robot.worker import RobotWorkerActor
 
     port = free_tcp_port()
     async with run_system("robot-test", grace_period=grace_period) as system:
-        await system.spawn(RobotWorkerActor, name="robot_worker",
-                           config={"storage_root": str(storage_root), **(worker or {})})
+        await system.spawn(
+            RobotWorkerActor, name="robot_worker", config={"storage_root": str(storage_root), **(worker or {})}
+        )
         await system.spawn(SocketIOBridgeActor, name="socketio_bridge", config={"port": port, **(bridge or {})})
         yield system, port

@@ -38,8 +38,14 @@ except ImportError:  # pragma: no cover - inotify_simple is a dependency, but Li
 else:
     _F = inotify_simple.flags
     _WATCH_MASK = (
-        _F.CREATE | _F.CLOSE_WRITE | _F.MOVED_TO | _F.DELETE | _F.MOVED_FROM
-        | _F.DELETE_SELF | _F.MOVE_SELF | _F.ONLYDIR
+        _F.CREATE
+        | _F.CLOSE_WRITE
+        | _F.MOVED_TO
+        | _F.DELETE
+        | _F.MOVED_FROM
+        | _F.DELETE_SELF
+        | _F.MOVE_SELF
+        | _F.ONLYDIR
     )
     # Events about the directory itself (or a lost queue) always count.
     _SELF_MASK = _F.DELETE_SELF | _F.MOVE_SELF | _F.IGNORED | _F.Q_OVERFLOW | _F.UNMOUNT
@@ -79,7 +85,7 @@ class DirectoryWatcher:
 class _InotifyWatcher(DirectoryWatcher):
     kind = "inotify"
 
-    def __init__(self, path: Path, names: Collection[str] | None, notifier: "inotify_simple.INotify") -> None:
+    def __init__(self, path: Path, names: Collection[str] | None, notifier: inotify_simple.INotify) -> None:
         super().__init__(path, 0.0, 0.0)
         self._names = frozenset(names) if names is not None else None
         self._inotify = notifier
@@ -92,7 +98,7 @@ class _InotifyWatcher(DirectoryWatcher):
                 if self._relevant(self._inotify.read(timeout=0)):
                     return
 
-    def _relevant(self, events: list["inotify_simple.Event"]) -> bool:
+    def _relevant(self, events: list[inotify_simple.Event]) -> bool:
         hit = False
         for event in events:
             if event.mask & _SELF_MASK:
@@ -128,8 +134,13 @@ async def watch_directory(
             notifier = inotify_simple.INotify(nonblocking=True)
             notifier.add_watch(directory, _WATCH_MASK)
         except OSError as exc:
-            log.warning("inotify unavailable for %s (%s); polling every %.1f-%.0f ms instead",
-                        directory, exc, min_poll * 1e3, max_poll * 1e3)
+            log.warning(
+                "inotify unavailable for %s (%s); polling every %.1f-%.0f ms instead",
+                directory,
+                exc,
+                min_poll * 1e3,
+                max_poll * 1e3,
+            )
             if notifier is not None:
                 notifier.close()
             notifier = None

@@ -36,7 +36,7 @@ import attrs
 import h11
 import trio
 
-__all__ = ["HttpLimits", "Request", "Response", "HttpServer", "PrefixedStream"]
+__all__ = ["HttpLimits", "HttpServer", "PrefixedStream", "Request", "Response"]
 
 log = logging.getLogger("switchyard.transports.http")
 
@@ -265,8 +265,9 @@ class HttpServer:
 
     async def _send_simple(self, conn: h11.Connection, stream: trio.SocketStream, status: int, text: str) -> None:
         self.log.info("HTTP %d: %s", status, text)
-        response = Response(status, (("content-type", "text/plain; charset=utf-8"), ("connection", "close")),
-                            text.encode("utf-8"))
+        response = Response(
+            status, (("content-type", "text/plain; charset=utf-8"), ("connection", "close")), text.encode("utf-8")
+        )
         try:
             await self._send_response(conn, stream, response)
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -34,12 +34,17 @@ from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, PacketType, ServerSession, SessionState, Transport
 from switchyard.transports.http_server import Request, Response
 
-__all__ = ["EngineConfig", "EngineSocket", "EngineServer", "SessionEnded", "origin_allowed", "held"]
+__all__ = ["EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "held", "origin_allowed"]
 
 log = logging.getLogger("switchyard.transports.engineio")
 
-DEFAULT_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
-                   "https://localhost:*", "https://127.0.0.1:*")
+DEFAULT_ORIGINS = (
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+)
 
 
 @attrs.frozen
@@ -66,7 +71,7 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
             return True
         if entry.endswith(":*"):
             base = entry[:-2]
-            if origin == base or (origin.startswith(base + ":") and origin[len(base) + 1:].isdigit()):
+            if origin == base or (origin.startswith(base + ":") and origin[len(base) + 1 :].isdigit()):
                 return True
     return False
 
@@ -196,8 +201,11 @@ class EngineSocket:
                 try:
                     self._inbound_send.send_nowait(event.data)
                 except trio.WouldBlock:
-                    self._deliver(self.session.abort(
-                        f"client sent more than {self.config.max_queued_messages} unprocessed messages"))
+                    self._deliver(
+                        self.session.abort(
+                            f"client sent more than {self.config.max_queued_messages} unprocessed messages"
+                        )
+                    )
                     return
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     return
@@ -234,8 +242,13 @@ class EngineServer:
     :meth:`run` (``await nursery.start(engine.run)``) to own the session tasks.
     """
 
-    def __init__(self, session_handler: SessionHandler, config: EngineConfig = EngineConfig(), *,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        session_handler: SessionHandler,
+        config: EngineConfig = EngineConfig(),
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.session_handler = session_handler
         self.config = config
         self.log = logger or log
@@ -264,8 +277,9 @@ class EngineServer:
             return (), False
         return (("access-control-allow-origin", origin), *self._cors_base), True
 
-    def _error(self, code: eio.ErrorCode, cors: tuple[tuple[str, str], ...], detail: str | None = None,
-               status: int = 400) -> Response:
+    def _error(
+        self, code: eio.ErrorCode, cors: tuple[tuple[str, str], ...], detail: str | None = None, status: int = 400
+    ) -> Response:
         if detail:
             self.log.info("engine.io request refused: %s (%s)", eio.ErrorCode(code).name, detail)
         headers = (("content-type", "application/json"), *cors)
@@ -279,7 +293,8 @@ class EngineServer:
         if not allowed:
             return self._error(eio.ErrorCode.FORBIDDEN, (), f"origin {request.header('origin')!r} not allowed", 403)
         if request.method == "OPTIONS":
-            headers = cors + (
+            headers = (
+                *cors,
                 ("access-control-allow-methods", "GET, POST, OPTIONS"),
                 ("access-control-allow-headers", request.header("access-control-request-headers") or "content-type"),
                 ("access-control-max-age", "600"),
@@ -310,9 +325,13 @@ class EngineServer:
         cfg = self.config
         upgrades = (Transport.WEBSOCKET,) if cfg.allow_websocket else ()
         session = ServerSession(
-            secrets.token_urlsafe(15), transport, now=trio.current_time(),
-            ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-            max_payload=cfg.max_payload, upgrades=upgrades,
+            secrets.token_urlsafe(15),
+            transport,
+            now=trio.current_time(),
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            max_payload=cfg.max_payload,
+            upgrades=upgrades,
         )
         sock = EngineSocket(session, cfg, request)
         self.sessions[sock.sid] = sock
@@ -322,7 +341,9 @@ class EngineServer:
     async def _open_polling(self, request: Request, cors: tuple[tuple[str, str], ...]) -> Response:
         sock = self._new_socket(Transport.POLLING, request)
         if sock is None:
-            return self._error(eio.ErrorCode.BAD_REQUEST, cors, f"session limit ({self.config.max_sessions}) reached", 503)
+            return self._error(
+                eio.ErrorCode.BAD_REQUEST, cors, f"session limit ({self.config.max_sessions}) reached", 503
+            )
         self.log.debug("engine.io session %s opened (polling) from %s", sock.sid, request.client)
         body = eio.encode_payload([sock.session.handshake().to_packet()])
         return self._text(body, cors)
@@ -384,24 +405,29 @@ class EngineServer:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
-    async def _serve_websocket(self, request: Request, ws_request: trio_websocket.WebSocketRequest,
-                               stream: _CorkableStream) -> None:
-        cors, allowed = self._cors(request)
+    async def _serve_websocket(
+        self, request: Request, ws_request: trio_websocket.WebSocketRequest, stream: _CorkableStream
+    ) -> None:
+        _cors, allowed = self._cors(request)
         if request.path.rstrip("/") + "/" != self.config.path:
             await ws_request.reject(404)
             return
         if not allowed:
             self.log.info("websocket from origin %r refused", request.header("origin"))
-            await ws_request.reject(403, extra_headers=[(b"content-type", b"application/json")],
-                                    body=eio.error_body(eio.ErrorCode.FORBIDDEN))
+            await ws_request.reject(
+                403,
+                extra_headers=[(b"content-type", b"application/json")],
+                body=eio.error_body(eio.ErrorCode.FORBIDDEN),
+            )
             return
         try:
             target = eio.parse_request(request.query)
             if target.transport is not Transport.WEBSOCKET or not self.config.allow_websocket:
                 raise eio.EngineIOError("websocket transport not served", eio.ErrorCode.UNKNOWN_TRANSPORT)
         except eio.EngineIOError as exc:
-            await ws_request.reject(400, extra_headers=[(b"content-type", b"application/json")],
-                                    body=eio.error_body(exc.code, str(exc)))
+            await ws_request.reject(
+                400, extra_headers=[(b"content-type", b"application/json")], body=eio.error_body(exc.code, str(exc))
+            )
             return
         if target.sid is None:
             sock = self._new_socket(Transport.WEBSOCKET, request)
@@ -433,14 +459,17 @@ class EngineServer:
         except (eio.EngineIOError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
             session.cancel_upgrade()
             sock._notify()
-            self.log.info("engine.io session %s: websocket upgrade failed: %s", sock.sid, str(exc) or type(exc).__name__)
+            self.log.info(
+                "engine.io session %s: websocket upgrade failed: %s", sock.sid, str(exc) or type(exc).__name__
+            )
             return False
         self.log.debug("engine.io session %s upgraded to websocket", sock.sid)
         sock._notify()
         return True
 
-    async def _websocket_session(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection,
-                                 stream: _CorkableStream) -> None:
+    async def _websocket_session(
+        self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection, stream: _CorkableStream
+    ) -> None:
         async def send(frames: list[str | bytes]) -> None:
             stream.cork()  # every frame of the batch goes out in one write
             try:
@@ -570,7 +599,7 @@ class _CorkableStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-class held:  # noqa: N801 - used like a function: ``async with held(lock):``
+class held:
     """Hold a ``trio.Lock``; when it is free, take it without a trip through the scheduler.
 
     ``async with lock`` always checkpoints; on the per-message paths here that is one

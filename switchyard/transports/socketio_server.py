@@ -31,7 +31,7 @@ from switchyard.protocols import socketio as sio
 from switchyard.transports.http_server import HttpLimits, HttpServer
 from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded, held
 
-__all__ = ["SocketIOConfig", "SocketIOServer", "SocketIOClient", "SocketIOHandler", "ConnectRefused"]
+__all__ = ["ConnectRefused", "SocketIOClient", "SocketIOConfig", "SocketIOHandler", "SocketIOServer"]
 
 log = logging.getLogger("switchyard.transports.socketio")
 
@@ -144,8 +144,13 @@ class _Link:
 class SocketIOServer:
     """See the module docstring. Run with ``port = await nursery.start(server.serve)``."""
 
-    def __init__(self, handler: SocketIOHandler, config: SocketIOConfig = SocketIOConfig(), *,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        handler: SocketIOHandler,
+        config: SocketIOConfig = SocketIOConfig(),
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config
         self.log = logger or log
@@ -154,8 +159,9 @@ class SocketIOServer:
         self._reserved = 0
         self.engine = EngineServer(self._session, config.engine, logger=self.log)
         limits = config.http or HttpLimits(max_body_bytes=config.engine.max_payload + 1024)
-        self.http = HttpServer(self.engine.handle_http, upgrade_handler=self.engine.handle_upgrade,
-                               limits=limits, logger=self.log)
+        self.http = HttpServer(
+            self.engine.handle_http, upgrade_handler=self.engine.handle_upgrade, limits=limits, logger=self.log
+        )
         self.port: int | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -163,14 +169,16 @@ class SocketIOServer:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.run)
             self.port = await nursery.start(self.http.serve, self.config.host, self.config.port)
-            self.log.info("Socket.IO listening on http://%s:%d%s", self.config.host, self.port,
-                          self.config.engine.path)
+            self.log.info("Socket.IO listening on http://%s:%d%s", self.config.host, self.port, self.config.engine.path)
             task_status.started(self.port)
 
     # -- one session ------------------------------------------------------------------
     async def _session(self, sock: EngineSocket) -> None:
-        link = _Link(self, sock, sio.ServerConnection(namespaces=self.config.namespaces,
-                                                      max_attachments=self.config.max_attachments))
+        link = _Link(
+            self,
+            sock,
+            sio.ServerConnection(namespaces=self.config.namespaces, max_attachments=self.config.max_attachments),
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connect_timeout, link)
@@ -199,8 +207,9 @@ class SocketIOServer:
     async def _connect_timeout(self, link: _Link) -> None:
         await trio.sleep(self.config.connect_timeout)
         if not link.clients:
-            self.log.info("session %s joined no namespace within %g s; closing", link.sock.sid,
-                          self.config.connect_timeout)
+            self.log.info(
+                "session %s joined no namespace within %g s; closing", link.sock.sid, self.config.connect_timeout
+            )
             link.sock.close("connect timeout")
 
     async def _read_loop(self, link: _Link) -> None:

@@ -40,14 +40,22 @@ import attrs
 import trio
 import zmq
 
-__all__ = ["SocketOptions", "ZmqSocket", "open_socket", "default_context", "SOCKET_TYPES"]
+__all__ = ["SOCKET_TYPES", "SocketOptions", "ZmqSocket", "default_context", "open_socket"]
 
 log = logging.getLogger("switchyard.transports.zmq")
 
 SOCKET_TYPES = {
-    "REQ": zmq.REQ, "REP": zmq.REP, "DEALER": zmq.DEALER, "ROUTER": zmq.ROUTER,
-    "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL,
-    "XPUB": zmq.XPUB, "XSUB": zmq.XSUB, "PAIR": zmq.PAIR,
+    "REQ": zmq.REQ,
+    "REP": zmq.REP,
+    "DEALER": zmq.DEALER,
+    "ROUTER": zmq.ROUTER,
+    "PUB": zmq.PUB,
+    "SUB": zmq.SUB,
+    "PUSH": zmq.PUSH,
+    "PULL": zmq.PULL,
+    "XPUB": zmq.XPUB,
+    "XSUB": zmq.XSUB,
+    "PAIR": zmq.PAIR,
 }
 
 Frame = bytes | bytearray | memoryview | zmq.Frame

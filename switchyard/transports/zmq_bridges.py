@@ -39,12 +39,12 @@ from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_sock
 
 __all__ = [
     "EndpointConfig",
-    "MessageTooLarge",
+    "HandlerTimeout",
     "MalformedEnvelope",
+    "MessageTooLarge",
     "PeerGone",
     "ReqRepServer",
     "RouterStreamServer",
-    "HandlerTimeout",
     "current_identity",
 ]
 
@@ -94,7 +94,10 @@ class EndpointConfig:
     def socket_options(self, **overrides: Any) -> SocketOptions:
         hard = self.max_message_size * self.hard_limit_factor if self.max_message_size > 0 else -1
         fields: dict[str, Any] = dict(
-            sndhwm=self.sndhwm, rcvhwm=self.rcvhwm, linger_ms=self.linger_ms, max_message_size=hard,
+            sndhwm=self.sndhwm,
+            rcvhwm=self.rcvhwm,
+            linger_ms=self.linger_ms,
+            max_message_size=hard,
             extra=dict(self.socket_extra),
         )
         fields.update(overrides)

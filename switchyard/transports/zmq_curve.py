@@ -38,13 +38,13 @@ from switchyard.transports.zmq import ZmqSocket, default_context, open_socket
 __all__ = [
     "ZAP_ENDPOINT",
     "CurveConfig",
-    "CurveKeys",
     "CurveKeyError",
-    "load_curve_keys",
-    "curve_server_options",
+    "CurveKeys",
     "ZapAuthenticator",
     "authenticator_for",
+    "curve_server_options",
     "enable_curve",
+    "load_curve_keys",
 ]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"

@@ -14,7 +14,6 @@ from switchyard.services.aipara.backends.base import BackendError
 from switchyard.services.aipara.backends.local import LocalBackendConfig, open_local_backend, shared_engine
 from switchyard.services.aipara.backends.openai import OpenAIBackendConfig, open_openai_backend
 from switchyard.services.aipara.backends.pinyin_engine import ConversionInterrupted, normalize_pinyin
-from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 from switchyard.services.aipara.openai_protocol import (
     CandidateLines,
     CompletionError,
@@ -25,6 +24,7 @@ from switchyard.services.aipara.openai_protocol import (
     clean_candidate,
     parse_completion_event,
 )
+from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 from switchyard.testing import free_tcp_port
 from switchyard.testing.aipara import FakeReply, serve_fake_completions
 
@@ -122,7 +122,7 @@ async def test_local_backend_convert_streams_words_then_sentences():
         await backend.convert(ConvertRequest("nihaoshijie"), sink)
     assert sink.calls == 3
     assert sink.words[0] == "你好"
-    assert [c.value for c in sink.sentences][0] == "你好世界"
+    assert next(c.value for c in sink.sentences) == "你好世界"
     assert {c.comment_name for c in sink.sentences} == {"pinyin2hanzi DAG"}
     # After the HMM pass both models' sentences come fused into one order.
     assert sink.ranked[0] == AiCandidate("你好世界", "pinyin2hanzi DAG+HMM")
@@ -180,7 +180,7 @@ async def test_local_backend_cancellation_is_prompt_and_frees_the_thread(monkeyp
 
 SSE_STREAM = (
     b"\xef\xbb\xbf: keep-alive\r\n\r\n"
-    b"data: {\"a\": 1}\r\n\r\n"
+    b'data: {"a": 1}\r\n\r\n'
     b"event: note\ndata: line one\ndata: line two\nid: 7\n\n"
     b"data:no-space\r\r"
     b"data\n\n"
@@ -302,7 +302,9 @@ async def test_openai_convert_streams_candidates_per_line(monkeypatch):
 
 async def test_openai_convert_stops_at_max_candidates():
     async with serve_fake_completions(lambda req: FakeReply(chunks=("a\nb\nc\nd\n",))) as server:
-        async with open_openai_backend(OpenAIBackendConfig(base_url=server.base_url, max_candidates=2, api_key_env="")) as backend:
+        async with open_openai_backend(
+            OpenAIBackendConfig(base_url=server.base_url, max_candidates=2, api_key_env="")
+        ) as backend:
             sink = Collect()
             await backend.convert(ConvertRequest("x"), sink)
     assert [c.value for c in sink.sentences] == ["a", "b"]
@@ -312,7 +314,9 @@ async def test_openai_convert_stops_at_max_candidates():
 async def test_openai_chat_streams_chunks_with_assistant_prompt():
     async with serve_fake_completions(lambda req: FakeReply(chunks=("你", "好", "！"), delay=0.01)) as server:
         config = OpenAIBackendConfig(
-            base_url=server.base_url, chat_prompts={"default": "D", "translator": "翻译 {commit_text}"}, chat_user_template="«{commit_text}»"
+            base_url=server.base_url,
+            chat_prompts={"default": "D", "translator": "翻译 {commit_text}"},
+            chat_user_template="«{commit_text}»",
         )
         async with open_openai_backend(config) as backend:
             chunks: list[str] = []
@@ -323,7 +327,10 @@ async def test_openai_chat_streams_chunks_with_assistant_prompt():
             await backend.chat(ChatRequest("hello", assistant_id="translator"), emit)
             await backend.chat(ChatRequest("hi", assistant_id="unknown-falls-back"), emit)
     assert chunks == ["你", "好", "！"] * 2
-    assert server.requests[0]["messages"] == [{"role": "system", "content": "翻译 hello"}, {"role": "user", "content": "«hello»"}]
+    assert server.requests[0]["messages"] == [
+        {"role": "system", "content": "翻译 hello"},
+        {"role": "user", "content": "«hello»"},
+    ]
     assert server.requests[1]["messages"][0]["content"] == "D"
 
 
@@ -333,7 +340,10 @@ async def test_openai_chat_streams_chunks_with_assistant_prompt():
         (FakeReply(status=500, error_body={"error": {"message": "model overloaded"}}), "HTTP 500: model overloaded"),
         (FakeReply(chunks=("半",), error_event="context length exceeded"), "context length exceeded"),
         (FakeReply(raw=b"data: {not json}\n\n"), "bad completion stream"),
-        (FakeReply(raw=b'data: {"choices":[{"delta":{"content":"half"}}]}\n\n'), "ended before the answer was finished"),
+        (
+            FakeReply(raw=b'data: {"choices":[{"delta":{"content":"half"}}]}\n\n'),
+            "ended before the answer was finished",
+        ),
     ],
 )
 async def test_openai_failures_become_backend_errors(reply, words):
@@ -351,6 +361,8 @@ async def test_openai_unknown_assistant_without_default():
 
 async def test_openai_unreachable_endpoint():
     port = free_tcp_port()
-    async with open_openai_backend(OpenAIBackendConfig(base_url=f"http://127.0.0.1:{port}/v1", connect_timeout=1)) as backend:
+    async with open_openai_backend(
+        OpenAIBackendConfig(base_url=f"http://127.0.0.1:{port}/v1", connect_timeout=1)
+    ) as backend:
         with pytest.raises(BackendError, match="cannot reach"):
             await backend.chat(ChatRequest("x"), lambda text: trio.lowlevel.checkpoint())

@@ -18,10 +18,10 @@ import pytest
 import trio
 import zmq.auth
 
-from switchyard.services.aipara.ai_stream import AiStreamActor
-from switchyard.services.aipara.rime_state import GetClient, ListClients, QueueCommand, RimeStateActor
-from switchyard.services.aipara.protocol import SetOption
 from switchyard.runtime import open_system
+from switchyard.services.aipara.ai_stream import AiStreamActor
+from switchyard.services.aipara.protocol import SetOption
+from switchyard.services.aipara.rime_state import GetClient, ListClients, QueueCommand, RimeStateActor
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.cpp import compile_cpp
 
@@ -38,7 +38,9 @@ async def drive(cpp_client: Path, rime_ep: str, ai_ep: str, rime, *extra: str) -
     lines: list[str] = []
     command = [str(cpp_client), rime_ep, ai_ep, *extra]
     async with trio.open_nursery() as nursery:
-        proc = await nursery.start(partial(trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False))
+        proc = await nursery.start(
+            partial(trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False)
+        )
         buffer = b""
 
         async def next_line() -> str:
@@ -78,7 +80,9 @@ async def test_cpp_client_against_both_services(cpp_client):
         assert first["messege_type"] == "command_response" and first["command_messege"] == []
         client_id = first["client_id"]
         assert client_id.startswith("rime-cpp-") and client_id.endswith("-rime")
-        assert [(c["command"], c["option_name"], c["option_value"]) for c in second["command_messege"]] == [("set_option", "ascii_mode", True)]
+        assert [(c["command"], c["option_name"], c["option_value"]) for c in second["command_messege"]] == [
+            ("set_option", "ascii_mode", True)
+        ]
         state = await rime.ask(GetClient(client_id))
         assert state.last_commit_text == "你好" and state.current_app == "gedit"
         assert state.switches[0].name == "ascii_punct" and state.properties == {"keepon_chat_trigger": ""}

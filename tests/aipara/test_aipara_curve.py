@@ -10,9 +10,9 @@ import trio
 import zmq
 import zmq.auth
 
+from switchyard.runtime import open_system
 from switchyard.services.aipara.ai_stream import AiStreamActor
 from switchyard.services.aipara.rime_state import RimeStateActor
-from switchyard.runtime import open_system
 from switchyard.testing import free_tcp_endpoint, run_manifest
 from switchyard.testing.aipara import AiClient, RimeClient
 from switchyard.transports.zmq import SocketOptions, open_socket
@@ -37,7 +37,7 @@ def keys(tmp_path: Path) -> dict[str, object]:
     for d in (server_dir, allowed_dir, other_dir):
         d.mkdir()
     server_public_file, server_secret_file = zmq.auth.create_certificates(server_dir, "server")
-    good_public_file, good_secret_file = zmq.auth.create_certificates(allowed_dir, "client")
+    _good_public_file, good_secret_file = zmq.auth.create_certificates(allowed_dir, "client")
     Path(good_secret_file).rename(tmp_path / "client.key_secret")  # only public keys in the allowed dir
     _, bad_secret_file = zmq.auth.create_certificates(other_dir, "intruder")
     server_public, _ = zmq.auth.load_certificate(server_public_file)
@@ -75,7 +75,9 @@ async def test_both_services_accept_known_keys_and_give_unknown_keys_nothing(key
     async with open_system("t", grace_period=1) as system:
         rime_ep, ai_ep = free_tcp_endpoint(), free_tcp_endpoint()
         await system.spawn(RimeStateActor, name="rime_state", config={"endpoint": rime_ep, "curve": keys["curve"]})
-        await system.spawn(AiStreamActor, name="ai_stream", config={"endpoint": ai_ep, "curve": keys["curve"], "local": {"hmm": False}})
+        await system.spawn(
+            AiStreamActor, name="ai_stream", config={"endpoint": ai_ep, "curve": keys["curve"], "local": {"hmm": False}}
+        )
         reply = await in_thread(rime_round_trip, rime_ep, keys["good"])
         assert reply["messege_type"] == "command_response" and reply["client_id"] == "curve-rime"
         assert (await in_thread(ai_first_reply, ai_ep, keys["good"]))["messege_type"] == "convert_result_stream"
@@ -157,8 +159,8 @@ kind = "rime_state"
 endpoint = "{rime_ep}"
 [actor.config.curve]
 enabled = true
-server_key_file = "{curve['server_key_file']}"
-client_keys = ["{curve['client_keys'][0]}"]
+server_key_file = "{curve["server_key_file"]}"
+client_keys = ["{curve["client_keys"][0]}"]
 """
     )
     async with run_manifest(manifest):
@@ -178,18 +180,25 @@ def test_key_files_are_checked(tmp_path, keys):
     listed = tmp_path / "clients.txt"
     good_public = keys["good"][0]
     listed.write_bytes(b"# one key per line\n" + good_public + b"\n")
-    loaded = load_curve_keys(CurveConfig(enabled=True, server_key_file=keys["curve"]["server_key_file"], client_keys=[str(listed)]), default_domain="d")
+    loaded = load_curve_keys(
+        CurveConfig(enabled=True, server_key_file=keys["curve"]["server_key_file"], client_keys=[str(listed)]),
+        default_domain="d",
+    )
     assert loaded.allowed_clients == frozenset({good_public}) and loaded.domain == "d"
     listed.write_bytes(b"too-short\n")
     with pytest.raises(CurveKeyError, match="40 Z85 characters"):
-        load_curve_keys(CurveConfig(enabled=True, server_key_file=keys["curve"]["server_key_file"], client_keys=[str(listed)]))
+        load_curve_keys(
+            CurveConfig(enabled=True, server_key_file=keys["curve"]["server_key_file"], client_keys=[str(listed)])
+        )
 
 
 def test_zap_decisions():
     auth = ZapAuthenticator(zmq.Context.instance())
     public, _secret = zmq.curve_keypair()
     raw = zmq.utils.z85.decode(public)
-    auth._entries[object()] = CurveKeys(server_public=public, server_secret=public, allowed_clients=frozenset({public}), domain="dom")
+    auth._entries[object()] = CurveKeys(
+        server_public=public, server_secret=public, allowed_clients=frozenset({public}), domain="dom"
+    )
     ok = auth.decide([b"1.0", b"7", b"dom", b"127.0.0.1", b"", b"CURVE", raw])
     assert ok[:3] == [b"1.0", b"7", b"200"] and ok[4] == public
     other = zmq.utils.z85.decode(zmq.curve_keypair()[0])
@@ -199,4 +208,3 @@ def test_zap_decisions():
     assert auth.decide([b"1.0", b"11", b"elsewhere", b"", b"", b"CURVE", raw])[2] == b"400"
     assert auth.decide([b"2.0", b"12"])[2] == b"500"
     assert auth.decide([])[2] == b"500"
-

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given
 
+from switchyard.protocols.codec import json_codec
 from switchyard.services.aipara.protocol import (
     COMMAND_KINDS,
     AiBadRequest,
@@ -33,7 +34,6 @@ from switchyard.services.aipara.protocol import (
     parse_ai_request,
     parse_rime_request,
 )
-from switchyard.protocols.codec import json_codec
 from switchyard.testing.aipara import (
     ai_request_dicts,
     chat_dicts,
@@ -47,10 +47,10 @@ from switchyard.testing.aipara import (
 
 # What the C++ client sends (tcp_zmq.cc SyncWithServer / SendConvertRequest / SendChatMessage).
 CPP_STATE = (
-    '{"messege_type":"state","is_composing":true,"timestamp":1753022593756,'
-    '"switches_option":[{"name":"ascii_punct","type":"simple","state":false,"state_index":0}],'
-    '"properties":[{"name":"keepon_chat_trigger","type":"string","value":""}]}'
-).encode()
+    b'{"messege_type":"state","is_composing":true,"timestamp":1753022593756,'
+    b'"switches_option":[{"name":"ascii_punct","type":"simple","state":false,"state_index":0}],'
+    b'"properties":[{"name":"keepon_chat_trigger","type":"string","value":""}]}'
+)
 CPP_COMMIT = (
     '{"messege_type":"commit","is_composing":false,"timestamp":1753022593756,"switches_option":[],'
     '"properties":{},"current_app":"org.gnome.gedit","commit_pinyin":"nihao","commit_text":"你好"}'
@@ -80,13 +80,21 @@ def test_embedded_and_top_level_commands():
         json_codec.encode(
             {
                 "messege_type": "state",
-                "command_message": {"messege_type": "command", "command": "enter", "command_value": "x", "timestamp": 5, "client_id": "lua_tcp_client"},
+                "command_message": {
+                    "messege_type": "command",
+                    "command": "enter",
+                    "command_value": "x",
+                    "timestamp": 5,
+                    "client_id": "lua_tcp_client",
+                },
             }
         )
     )
     assert isinstance(state, StateReport)
     assert state.command == ClientCommand("enter", "x", 5, "lua_tcp_client")
-    paste = parse_rime_request(b'{"messege_type":"command","command":"paste","timestamp":1,"client_id":"lua_tcp_client"}')
+    paste = parse_rime_request(
+        b'{"messege_type":"command","command":"paste","timestamp":1,"client_id":"lua_tcp_client"}'
+    )
     assert paste == ClientCommand("paste", None, 1, "lua_tcp_client")
 
 
@@ -180,15 +188,27 @@ def test_convert_round_trip(obj):
 def test_chat_round_trip(obj):
     req = parse_ai_request(json_codec.encode(obj))
     assert isinstance(req, ChatRequest)
-    assert (req.commit_text, req.assistant_id, req.response_key) == (obj["commit_text"], obj["assistant_id"], obj.get("response_key"))
+    assert (req.commit_text, req.assistant_id, req.response_key) == (
+        obj["commit_text"],
+        obj["assistant_id"],
+        obj.get("response_key"),
+    )
 
 
 @pytest.mark.parametrize(
     "body, kind, words",
     [
         (b'{"messege_type":"convert"}', "convert", "missing 'confirmed_pos_input'"),
-        (b'{"messege_type":"convert","confirmed_pos_input":"ni","timeout":"soon"}', "convert", "'timeout' must be a number"),
-        (b'{"messege_type":"convert","confirmed_pos_input":"ni","candidates_text":[1]}', "convert", "candidates_text[0]"),
+        (
+            b'{"messege_type":"convert","confirmed_pos_input":"ni","timeout":"soon"}',
+            "convert",
+            "'timeout' must be a number",
+        ),
+        (
+            b'{"messege_type":"convert","confirmed_pos_input":"ni","candidates_text":[1]}',
+            "convert",
+            "candidates_text[0]",
+        ),
         (b'{"messege_type":"chat","response_key":"k"}', "chat", "missing 'commit_text'"),
         (b'{"messege_type":"speech_recognition_optimize"}', "speech_recognition_optimize", "unsupported"),
     ],
@@ -288,7 +308,10 @@ def test_command_dict_round_trip(command):
         ({"command": "fly"}, "unknown command"),
         ({"option_name": "x"}, "string 'command'"),
         ({"command": "set_option", "option_name": "x", "option_value": "yes"}, "option_value"),
-        ({"command": "set_option", "option_name": "x", "option_value": True, "colour": 1}, "unexpected field(s) colour"),
+        (
+            {"command": "set_option", "option_name": "x", "option_value": True, "colour": 1},
+            "unexpected field(s) colour",
+        ),
         ({"command": "set_config", "config_path": "x", "config_value": float("nan")}, "JSON value"),
     ],
 )
@@ -299,10 +322,17 @@ def test_bad_commands_are_refused_clearly(data, words):
 
 
 def test_all_seven_commands_known():
-    assert set(COMMAND_KINDS) == {"set_option", "set_property", "set_config", "clipboard_data", "paste_executed", "paste_failed", "ping"}
+    assert set(COMMAND_KINDS) == {
+        "set_option",
+        "set_property",
+        "set_config",
+        "clipboard_data",
+        "paste_executed",
+        "paste_failed",
+        "ping",
+    }
 
 
 @given(ai_request_dicts())
 def test_ai_requests_parse(obj):
     assert not isinstance(parse_ai_request(json_codec.encode(obj)), AiBadRequest)
-

@@ -3,6 +3,7 @@ client (REQ with 100 ms timeouts on the Rime channel, DEALER on the AI channel).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import attrs
@@ -11,7 +12,18 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from switchyard.runtime import Actor, ActorError, open_system
 from switchyard.services.aipara.ai_stream import AiStats, AiStreamActor, ConvertText
+from switchyard.services.aipara.protocol import (
+    AiBadRequest,
+    BadRequest,
+    Ping,
+    SetOption,
+    SetProperty,
+    parse_ai_request,
+    parse_rime_request,
+)
+from switchyard.services.aipara.rime_book import CommitEvent
 from switchyard.services.aipara.rime_state import (
     GetClient,
     ListClients,
@@ -21,9 +33,6 @@ from switchyard.services.aipara.rime_state import (
     RimeStats,
     subscribe_events,
 )
-from switchyard.services.aipara.protocol import AiBadRequest, BadRequest, Ping, SetOption, SetProperty, parse_ai_request, parse_rime_request
-from switchyard.services.aipara.rime_book import CommitEvent
-from switchyard.runtime import Actor, ActorError, open_system
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.aipara import AiClient, FakeReply, RimeClient, hostile_bodies, serve_fake_completions
 
@@ -31,7 +40,14 @@ STATE = {"messege_type": "state", "is_composing": True, "timestamp": 1, "switche
 
 
 def commit(text: str, pinyin: str = "") -> dict[str, Any]:
-    return {**STATE, "messege_type": "commit", "is_composing": False, "current_app": "gedit", "commit_pinyin": pinyin, "commit_text": text}
+    return {
+        **STATE,
+        "messege_type": "commit",
+        "is_composing": False,
+        "current_app": "gedit",
+        "commit_pinyin": pinyin,
+        "commit_text": text,
+    }
 
 
 async def in_thread(fn, *args):
@@ -86,7 +102,7 @@ async def test_state_gets_a_reply_in_the_client_shape():
 
 async def test_commands_queued_by_another_actor_arrive_piggybacked_once_in_order():
     async with open_system("t", grace_period=1) as system:
-        rime, endpoint = await start_rime(system)
+        _rime, endpoint = await start_rime(system)
         queuer = await system.spawn(Queuer, name="ui")
         a = RimeClient(endpoint, identity=b"a-rime")
         b = RimeClient(endpoint, identity=b"b-rime")
@@ -94,7 +110,9 @@ async def test_commands_queued_by_another_actor_arrive_piggybacked_once_in_order
             await request(a, STATE)
             await request(b, STATE)
             assert await queuer.ask(QueueFor(SetOption("ascii_mode", True), "a-rime")) == QueueResult(("a-rime",))
-            await queuer.ask(QueueFor({"command": "set_property", "property_name": "p", "property_value": "v"}, "a-rime"))
+            await queuer.ask(
+                QueueFor({"command": "set_property", "property_name": "p", "property_value": "v"}, "a-rime")
+            )
             everyone = await queuer.ask(QueueFor(Ping(), None))
             assert sorted(everyone.queued) == ["a-rime", "b-rime"]
             reply_a = await request(a, STATE)
@@ -119,14 +137,21 @@ async def test_commit_updates_state_and_reaches_subscribers():
         try:
             async with subscribe_events(ref, kinds=("commit", "command")) as events:
                 await request(client, commit("你好世界", "nihaoshijie"))
-                await request(client, {"messege_type": "command", "command": "paste", "timestamp": 2, "client_id": "lua_tcp_client"})
+                await request(
+                    client,
+                    {"messege_type": "command", "command": "paste", "timestamp": 2, "client_id": "lua_tcp_client"},
+                )
                 with trio.fail_after(2):
                     first = await events.receive()
                     second = await events.receive()
             assert isinstance(first, CommitEvent) and first.text == "你好世界" and first.client_id == "c-rime"
             assert second.command == "paste"
             state = await ref.ask(GetClient("c-rime"))
-            assert (state.last_commit_text, state.last_commit_pinyin, state.current_app) == ("你好世界", "nihaoshijie", "gedit")
+            assert (state.last_commit_text, state.last_commit_pinyin, state.current_app) == (
+                "你好世界",
+                "nihaoshijie",
+                "gedit",
+            )
         finally:
             client.close()
 
@@ -294,8 +319,16 @@ async def start_ai(system, **config):
 
 
 def convert(pinyin: str, **extra) -> dict[str, Any]:
-    return {"messege_type": "convert", "schema_name": "rime_ice", "shuru_schema": "quanpin", "confirmed_pos_input": pinyin,
-            "stream_mode": True, "timestamp": 1, "timeout": 5.0, **extra}
+    return {
+        "messege_type": "convert",
+        "schema_name": "rime_ice",
+        "shuru_schema": "quanpin",
+        "confirmed_pos_input": pinyin,
+        "stream_mode": True,
+        "timestamp": 1,
+        "timeout": 5.0,
+        **extra,
+    }
 
 
 def values(message: dict[str, Any], key: str) -> list[str]:
@@ -318,9 +351,13 @@ async def test_convert_streams_cumulative_messages_until_final():
         assert "你好世界" in values(final, "ai_candidates")
         assert values(final, "cloud_candidates")[0] == "你好"
         assert final["ai_candidates"][0] == {"value": "你好世界", "comment_name": "pinyin2hanzi DAG+HMM"}
-        assert {c["comment_name"] for c in final["ai_candidates"]} <= {"pinyin2hanzi DAG", "pinyin2hanzi HMM", "pinyin2hanzi DAG+HMM"}
+        assert {c["comment_name"] for c in final["ai_candidates"]} <= {
+            "pinyin2hanzi DAG",
+            "pinyin2hanzi HMM",
+            "pinyin2hanzi DAG+HMM",
+        }
         assert not final["is_timeout"] and not final["is_error"]
-        for earlier, later in zip(replies, replies[1:]):  # cumulative: nothing found is ever dropped
+        for earlier, later in itertools.pairwise(replies):  # cumulative: nothing found is ever dropped
             assert set(values(earlier, "ai_candidates")) <= set(values(later, "ai_candidates"))
             assert set(values(earlier, "cloud_candidates")) <= set(values(later, "cloud_candidates"))
         assert final == await ref.ask(ConvertText("nihaoshijie"))
@@ -347,7 +384,9 @@ def slow_lines(request: dict[str, Any]) -> FakeReply:
 async def test_second_convert_supersedes_the_first():
     async with serve_fake_completions(slow_lines) as server:
         async with open_system("t", grace_period=1) as system:
-            ref, endpoint = await start_ai(system, backend="openai", openai={"base_url": server.base_url, "max_candidates": 10})
+            ref, endpoint = await start_ai(
+                system, backend="openai", openai={"base_url": server.base_url, "max_candidates": 10}
+            )
             client = AiClient(endpoint, identity=b"sup-1")
             try:
                 await in_thread(client.send, convert("first"))
@@ -357,7 +396,9 @@ async def test_second_convert_supersedes_the_first():
                 replies = await in_thread(client.until_final)
                 # Drained whatever was already in flight from "first"; after the
                 # switch only "second" speaks, and "first" never sends a final.
-                switch = next(i for i, r in enumerate(replies) if any(v.startswith("second") for v in values(r, "ai_candidates")))
+                switch = next(
+                    i for i, r in enumerate(replies) if any(v.startswith("second") for v in values(r, "ai_candidates"))
+                )
                 assert all(not r["is_final"] for r in replies[:switch])
                 assert all(all(v.startswith("second") for v in values(r, "ai_candidates")) for r in replies[switch:])
                 assert values(replies[-1], "ai_candidates") == [f"second-{i}" for i in range(6)]
@@ -386,7 +427,9 @@ async def test_timeout_gives_final_with_what_exists():
 
 
 async def test_backend_failure_gives_final_is_error():
-    async with serve_fake_completions(lambda req: FakeReply(status=503, error_body={"error": {"message": "no GPU"}})) as server:
+    async with serve_fake_completions(
+        lambda req: FakeReply(status=503, error_body={"error": {"message": "no GPU"}})
+    ) as server:
         async with open_system("t", grace_period=1) as system:
             _, endpoint = await start_ai(system, backend="openai", openai={"base_url": server.base_url})
             client = AiClient(endpoint)
@@ -405,7 +448,16 @@ async def test_chat_on_openai_streams_chunks_with_response_key():
             _, endpoint = await start_ai(system, backend="openai", openai={"base_url": server.base_url})
             client = AiClient(endpoint)
             try:
-                await in_thread(client.send, {"messege_type": "chat", "commit_text": "打个招呼", "assistant_id": "default", "timestamp": 1, "response_key": "rk-7"})
+                await in_thread(
+                    client.send,
+                    {
+                        "messege_type": "chat",
+                        "commit_text": "打个招呼",
+                        "assistant_id": "default",
+                        "timestamp": 1,
+                        "response_key": "rk-7",
+                    },
+                )
                 replies = await in_thread(client.until_final)
             finally:
                 client.close()
@@ -420,13 +472,17 @@ async def test_chat_on_local_is_a_clear_error():
         _, endpoint = await start_ai(system)
         client = AiClient(endpoint)
         try:
-            await in_thread(client.send, {"messege_type": "chat", "commit_text": "hi", "assistant_id": "a", "response_key": "k"})
+            await in_thread(
+                client.send, {"messege_type": "chat", "commit_text": "hi", "assistant_id": "a", "response_key": "k"}
+            )
             replies = await in_thread(client.until_final)
         finally:
             client.close()
     assert len(replies) == 1
     reply = replies[0]
-    assert reply["status"] == "error" and reply["response_key"] == "k" and "no chat model configured" in reply["error_msg"]
+    assert (
+        reply["status"] == "error" and reply["response_key"] == "k" and "no chat model configured" in reply["error_msg"]
+    )
 
 
 async def test_oversized_ai_request_gets_one_error_reply():
@@ -446,7 +502,7 @@ async def test_oversized_ai_request_gets_one_error_reply():
 async def test_commits_become_prompt_context():
     async with serve_fake_completions(lambda req: FakeReply(chunks=("好\n",))) as server:
         async with open_system("t", grace_period=1) as system:
-            rime, rime_endpoint = await start_rime(system)
+            _rime, rime_endpoint = await start_rime(system)
             ai, ai_endpoint = await start_ai(system, backend="openai", openai={"base_url": server.base_url})
             ime = RimeClient(rime_endpoint, identity=b"ctx-rime")
             client = AiClient(ai_endpoint)

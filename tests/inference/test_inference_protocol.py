@@ -12,6 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchyard.protocols.codec import json_codec, msgpack_codec
+from switchyard.services.inference.binary import (
+    encode_binary_reply,
+    encode_binary_request,
+    parse_binary_reply,
+    parse_binary_request,
+)
 from switchyard.services.inference.protocol import (
     EVENT_TOPIC,
     TaskError,
@@ -25,12 +31,6 @@ from switchyard.services.inference.protocol import (
     parse_reply,
     parse_request,
     task_event,
-)
-from switchyard.services.inference.binary import (
-    encode_binary_reply,
-    encode_binary_request,
-    parse_binary_reply,
-    parse_binary_request,
 )
 from switchyard.services.inference.tensors import InputSpec, TensorError, decode_rows, parse_shape
 from switchyard.testing.inference import (
@@ -77,8 +77,11 @@ def test_encode_request_matches_go_marshal_byte_for_byte() -> None:
     # encoding/json: struct field order, std base64 with padding, sorted map keys,
     # <, >, & escaped; non-ASCII kept as UTF-8.
     request = TaskRequest(
-        task_id="t<1>&", task_type="speech_recognition", model_path="/models/whisper_base.onnx",
-        input_data=b"\xff\x00a", params={"z": "会议", "a": "x"},
+        task_id="t<1>&",
+        task_type="speech_recognition",
+        model_path="/models/whisper_base.onnx",
+        input_data=b"\xff\x00a",
+        params={"z": "会议", "a": "x"},
     )
     expected = (
         '{"task_id":"t\\u003c1\\u003e\\u0026","task_type":"speech_recognition",'
@@ -103,10 +106,12 @@ def test_arbitrary_bytes_only_raise_task_error(body: bytes) -> None:
         assert str(exc)
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=6),
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+    )
+)
 def test_arbitrary_json_only_raises_task_error(obj: object) -> None:
     try:
         parse_request(json_codec.encode(obj))
@@ -142,8 +147,14 @@ def test_input_limit_applies_to_both_shapes() -> None:
         with pytest.raises(TaskError, match="limit of 100 bytes") as info:
             parse_request(body, max_input_bytes=100)
         assert info.value.task_id == "big"
-    assert len(parse_request(json_codec.encode({"task_id": "ok", "task_type": "t", "input_data": [0] * 100}),
-                             max_input_bytes=100).input_data) == 100
+    assert (
+        len(
+            parse_request(
+                json_codec.encode({"task_id": "ok", "task_type": "t", "input_data": [0] * 100}), max_input_bytes=100
+            ).input_data
+        )
+        == 100
+    )
 
 
 # --- replies -------------------------------------------------------------------------
@@ -157,8 +168,9 @@ def test_reply_round_trips_and_always_has_five_keys(reply: TaskReply) -> None:
 
 
 def attrs_normalised(reply: TaskReply) -> TaskReply:
-    return TaskReply(task_id=reply.task_id, status=reply.status, result=dict(reply.result),
-                     error=reply.error, latency=reply.latency)
+    return TaskReply(
+        task_id=reply.task_id, status=reply.status, result=dict(reply.result), error=reply.error, latency=reply.latency
+    )
 
 
 def test_success_reply_is_what_the_go_client_unmarshals() -> None:
@@ -181,14 +193,20 @@ def test_error_reply_bytes() -> None:
 
 
 def test_event_payload_has_ids_result_fields_and_latency() -> None:
-    when = dt.datetime(2025, 1, 9, 10, 5, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2025, 1, 9, 10, 5, tzinfo=dt.UTC)
     reply = TaskReply.success("task_124", {"label": "3", "confidence": 0.88, "task_id": "spoof"}, 7)
     event = task_event("digit_recognition", reply, {"meeting_id": "456", "user_id": "789", "lang": "x"}, now=when)
     assert event.type == "digit_recognition.completed"
     assert event.payload == {
-        "task_id": "task_124", "task_type": "digit_recognition", "status": "success",
-        "meeting_id": "456", "user_id": "789", "label": "3", "confidence": 0.88,
-        "latency": 7, "timestamp": "2025-01-09T10:05:00Z",
+        "task_id": "task_124",
+        "task_type": "digit_recognition",
+        "status": "success",
+        "meeting_id": "456",
+        "user_id": "789",
+        "label": "3",
+        "confidence": 0.88,
+        "latency": 7,
+        "timestamp": "2025-01-09T10:05:00Z",
     }
     topic, back = parse_event(encode_event(event))
     assert topic == EVENT_TOPIC and back == event
@@ -225,8 +243,14 @@ def test_params_override_and_scale() -> None:
 
 @pytest.mark.parametrize(
     "params, needle",
-    [({"dtype": "complex64"}, "dtype"), ({"shape": "8,x"}, "shape"), ({"shape": "0"}, "positive"),
-     ({"scale": "abc"}, "scale"), ({"offset": "nan"}, "offset"), ({"shape": "100000,100000"}, "exceeds")],
+    [
+        ({"dtype": "complex64"}, "dtype"),
+        ({"shape": "8,x"}, "shape"),
+        ({"shape": "0"}, "positive"),
+        ({"scale": "abc"}, "scale"),
+        ({"offset": "nan"}, "offset"),
+        ({"shape": "100000,100000"}, "exceeds"),
+    ],
 )
 def test_bad_overrides_are_named(params: dict[str, str], needle: str) -> None:
     with pytest.raises(TensorError, match=needle):
@@ -250,8 +274,9 @@ def test_decode_rows_matches_numpy(case: tuple[InputSpec, int, bytes]) -> None:
     spec, rows, data = case
     from switchyard.services.inference.tensors import DTYPES
 
-    expected = (np.frombuffer(data, DTYPES[spec.dtype]).astype(np.float32) * np.float32(spec.scale)
-                + np.float32(spec.offset)).reshape((rows, *spec.shape))
+    expected = (
+        np.frombuffer(data, DTYPES[spec.dtype]).astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
+    ).reshape((rows, *spec.shape))
     assert np.array_equal(decode_rows(data, spec, rows=rows), expected)
     assert np.array_equal(decode_rows(data, spec), expected)
     with pytest.raises(TensorError):
@@ -343,9 +368,16 @@ from switchyard.services.inference.worker_protocol import (  # noqa: E402
 _keys = st.binary(min_size=1, max_size=32)
 
 
-@given(st.builds(Ready, capacity=st.integers(1, 1 << 20), pid=st.integers(0, 1 << 31), host=st.text(max_size=20),
-                 task_types=st.lists(st.text(max_size=10), max_size=3).map(tuple),
-                 models=st.lists(st.text(max_size=10), max_size=3).map(tuple)))
+@given(
+    st.builds(
+        Ready,
+        capacity=st.integers(1, 1 << 20),
+        pid=st.integers(0, 1 << 31),
+        host=st.text(max_size=20),
+        task_types=st.lists(st.text(max_size=10), max_size=3).map(tuple),
+        models=st.lists(st.text(max_size=10), max_size=3).map(tuple),
+    )
+)
 def test_ready_round_trips(ready: Ready) -> None:
     assert parse_from_worker(encode_ready(ready)) == ready
 

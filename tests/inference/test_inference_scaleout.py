@@ -17,10 +17,10 @@ import trio
 import zmq
 
 from switchyard import open_system
-from switchyard.services.inference.broker import InferenceBrokerActor, InferenceBrokerConfig
-from switchyard.services.inference.worker import InferenceWorkerActor, InferenceWorkerConfig
 from switchyard.apps.models import digits_heldout
+from switchyard.services.inference.broker import InferenceBrokerActor, InferenceBrokerConfig
 from switchyard.services.inference.protocol import TaskReply, parse_event, parse_reply
+from switchyard.services.inference.worker import InferenceWorkerActor, InferenceWorkerConfig
 from switchyard.services.inference.worker_protocol import (
     TAG,
     Done,
@@ -88,7 +88,7 @@ async def test_two_local_workers_share_the_load_and_events_flow() -> None:
             dealers = []
             try:
                 # warm the subscription (a SUB only sees events after it joined)
-                for attempt in range(50):
+                for _attempt in range(50):
                     req_roundtrips(endpoint, [digit_task("warm", pixels(0))])
                     sub.setsockopt(zmq.RCVTIMEO, 200)
                     try:
@@ -102,7 +102,7 @@ async def test_two_local_workers_share_the_load_and_events_flow() -> None:
                     except zmq.Again:
                         break
                 sub.setsockopt(zmq.RCVTIMEO, 5000)
-                for i in range(120):
+                for _ in range(120):
                     d = ctx.socket(zmq.DEALER)
                     d.setsockopt(zmq.LINGER, 0)
                     d.setsockopt(zmq.RCVTIMEO, 10_000)
@@ -149,8 +149,11 @@ async def test_local_worker_killed_mid_task_is_retried_then_fails_after_second_l
             second: list[TaskReply] = []
             await send_in_background(nursery, endpoint, digit_task("kill-twice", pixels(8)), second)
             for _ in range(2):
-                victim = busy_worker(await wait_for(ref, lambda s: (w := busy_worker(s)) is not None
-                                                    and w["pid"] != victim["pid"]))
+                victim = busy_worker(
+                    await wait_for(
+                        ref, lambda s, victim=victim: (w := busy_worker(s)) is not None and w["pid"] != victim["pid"]
+                    )
+                )
                 os.kill(victim["pid"], signal.SIGKILL)
             with trio.fail_after(15):
                 while not second:
@@ -167,8 +170,12 @@ async def test_remote_worker_dying_is_noticed_by_heartbeat_and_task_moves() -> N
         worker_ep = (await ref.ask("status"))["worker_endpoint"]
 
         def worker_config(identity: str, slow: bool) -> bytes:
-            cfg = InferenceWorkerConfig(broker_endpoint=worker_ep, identity=identity, heartbeat_interval=0.2,
-                                        max_delay_ms=3000.0 if slow else 0.0)
+            cfg = InferenceWorkerConfig(
+                broker_endpoint=worker_ep,
+                identity=identity,
+                heartbeat_interval=0.2,
+                max_delay_ms=3000.0 if slow else 0.0,
+            )
             return json.dumps(attrs.asdict(cfg)).encode()
 
         command = [sys.executable, "-m", "switchyard.services.inference.worker", "--config", "-"]
@@ -195,7 +202,7 @@ async def test_remote_worker_dying_is_noticed_by_heartbeat_and_task_moves() -> N
 
 
 async def test_no_worker_means_an_error_reply_not_silence() -> None:
-    async with broker(workers=0, queue_timeout=0.4, **FAST) as (ref, endpoint):
+    async with broker(workers=0, queue_timeout=0.4, **FAST) as (_ref, endpoint):
         [[frame]] = await trio.to_thread.run_sync(req_roundtrips, endpoint, [digit_task("alone", pixels(0))])
         reply = parse_reply(frame)
         assert reply.status == "error" and reply.task_id == "alone"
@@ -211,8 +218,9 @@ async def test_worker_against_a_raw_router_reconnects_when_the_broker_is_silent(
     router.bind(endpoint)
     try:
         async with open_system("worker-test") as system:
-            config = InferenceWorkerConfig(broker_endpoint=endpoint, identity="w", heartbeat_interval=0.1,
-                                           heartbeat_liveness=3, capacity=8)
+            config = InferenceWorkerConfig(
+                broker_endpoint=endpoint, identity="w", heartbeat_interval=0.1, heartbeat_liveness=3, capacity=8
+            )
             await system.spawn(InferenceWorkerActor, name="worker", config=config)
 
             def converse() -> tuple[Ready, Done, Any, bytes, bytes]:
@@ -283,12 +291,16 @@ queue_timeout = 20.0
     command = [sys.executable, "-m", "switchyard.runtime.cli", "run", str(manifest)]
     async with trio.open_nursery() as nursery:
         cli = await nursery.start(partial(trio.run_process, command, check=False))
-        [[frame]] = await trio.to_thread.run_sync(partial(req_roundtrips, endpoint, [digit_task("cli", pixels(6))],
-                                                          timeout=30))
+        [[frame]] = await trio.to_thread.run_sync(
+            partial(req_roundtrips, endpoint, [digit_task("cli", pixels(6))], timeout=30)
+        )
         reply = parse_reply(frame)
         assert reply.ok and reply.result["label"] == EXPECTED[6]
-        children = {int(p) for f in os.listdir(f"/proc/{cli.pid}/task")
-                    for p in open(f"/proc/{cli.pid}/task/{f}/children").read().split()}
+        children = {
+            int(p)
+            for f in os.listdir(f"/proc/{cli.pid}/task")
+            for p in open(f"/proc/{cli.pid}/task/{f}/children").read().split()
+        }
         assert len(children) == 1
         [worker_pid] = children
         cli.kill()  # SIGKILL: the broker gets no chance to stop its workers

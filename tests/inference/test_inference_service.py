@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchyard import open_system
-from switchyard.services.inference.service import InferenceActor, InferenceConfig
-from switchyard.services.inference.models import ModelConfig, digits_model
 from switchyard.apps.models import DIGITS_MODEL, digits_heldout
-from switchyard.services.inference.protocol import TaskReply, parse_event, parse_reply
 from switchyard.services.inference.binary import encode_binary_request, parse_binary_reply
+from switchyard.services.inference.models import ModelConfig, digits_model
+from switchyard.services.inference.protocol import TaskReply, parse_event, parse_reply
+from switchyard.services.inference.service import InferenceActor, InferenceConfig
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.inference import bundled_digit_predictions, digit_task, req_roundtrips
 
@@ -102,8 +102,15 @@ async def test_go_client_shape_exactly(service: Service) -> None:
 
 
 async def test_cpp_byte_array_shape(service: Service) -> None:
-    body = json.dumps({"task_id": "cpp-1", "task_type": "digit_recognition", "model_path": "",
-                       "input_data": list(pixels(1)), "params": {}}).encode()
+    body = json.dumps(
+        {
+            "task_id": "cpp-1",
+            "task_type": "digit_recognition",
+            "model_path": "",
+            "input_data": list(pixels(1)),
+            "params": {},
+        }
+    ).encode()
     reply = await ask_json(service.endpoint, body)
     assert reply.ok and reply.task_id == "cpp-1" and reply.result["label"] == str(HELD.labels[1])
 
@@ -116,7 +123,7 @@ async def test_heldout_accuracy_through_the_service(service: Service) -> None:
     replies: dict[int, TaskReply] = {}
 
     async def client(indices: list[int]) -> None:
-        for i, [frame] in zip(indices, await roundtrips(service.endpoint, [bodies[i] for i in indices])):
+        for i, [frame] in zip(indices, await roundtrips(service.endpoint, [bodies[i] for i in indices]), strict=False):
             replies[i] = parse_reply(frame)
 
     async with trio.open_nursery() as nursery:
@@ -150,8 +157,11 @@ async def test_scale_param_for_0_255_pixels(service: Service) -> None:
         (digit_task("trav4", bytes(64), model_path="/models/%2e%2e/x\x00.onnx"), "trav4", OUTSIDE),
         (digit_task("unk1", bytes(64), model_path="/models/whisper_base.onnx"), "unk1", "does not exist"),
         (digit_task("unk2", bytes(64), task_type="speech_recognition"), "unk2", "known task types: digit_recognition"),
-        (digit_task("mis", bytes(64), task_type="emotion_detection", model_path="digits"), "mis",
-         "serves task types digit_recognition"),
+        (
+            digit_task("mis", bytes(64), task_type="emotion_detection", model_path="digits"),
+            "mis",
+            "serves task types digit_recognition",
+        ),
         (digit_task("size", bytes(63)), "size", "63 bytes; expected 64 bytes"),
         (digit_task("shape", bytes(64), params={"shape": "8,8"}), "shape", "does not fit model 'digits' input [N, 64]"),
         (b"\xff\xfe\x00garbage\x80", "", "not valid JSON"),
@@ -277,7 +287,7 @@ def _run_dealers(endpoint: str, mix: list) -> dict[str, Any]:
     ctx = zmq.Context.instance()
     socks = []
     try:
-        for n, (kind, start, rows) in enumerate(mix):
+        for _ in mix:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVTIMEO, 10_000)
@@ -375,10 +385,13 @@ async def test_events_arrive_on_a_sub_socket(service: Service) -> None:
                     sub.recv_multipart()
                 except zmq.Again:
                     break
-            req_roundtrips(service.endpoint, [
-                digit_task("ev-ok", pixels(4), params={"meeting_id": "456", "user_id": "789", "lang": "zh"}),
-                digit_task("ev-bad", bytes(5)),
-            ])
+            req_roundtrips(
+                service.endpoint,
+                [
+                    digit_task("ev-ok", pixels(4), params={"meeting_id": "456", "user_id": "789", "lang": "zh"}),
+                    digit_task("ev-bad", bytes(5)),
+                ],
+            )
             sub.setsockopt(zmq.RCVTIMEO, 5000)
             return [parse_event(sub.recv_multipart()) for _ in range(2)]
         finally:
@@ -410,7 +423,7 @@ async def test_slow_task_gets_a_timeout_reply_and_busy_beyond_max_in_flight() ->
             ctx = zmq.Context.instance()
             socks = [ctx.socket(zmq.DEALER) for _ in range(2)]
             try:
-                for n, sock in enumerate(socks):
+                for _n, sock in enumerate(socks):
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.RCVTIMEO, 5000)
                     sock.connect(svc.endpoint)
@@ -432,8 +445,9 @@ async def test_spawn_fails_clearly_when_a_preloaded_model_cannot_load(tmp_path: 
 
     missing = ModelConfig(name="ghost", path="ghost.onnx", task_types=["x"])
     async with open_system("preload-test") as system:
-        config = InferenceConfig(endpoint=free_tcp_endpoint(), events_endpoint="", models_dir=str(tmp_path),
-                                 models=[missing])
+        config = InferenceConfig(
+            endpoint=free_tcp_endpoint(), events_endpoint="", models_dir=str(tmp_path), models=[missing]
+        )
         with pytest.raises(ModelError, match="file 'ghost.onnx' does not exist in the models directory"):
             await system.spawn(InferenceActor, name="inference", config=config)
         assert "inference" not in system.names()

@@ -123,7 +123,9 @@ async def test_proxy_actor_stands_in_for_the_remote_one(tmp_path: Path) -> None:
     path = str(tmp_path / "bridge.sock")
     async with open_system(name="served") as served, open_system(name="client") as client:
         # The proxy starts before its peer exists and waits for it.
-        proxy = await client.spawn(IpcProxyActor, name="counter", config={"address": path, "actor": "counter", "ask_timeout": 5.0})
+        proxy = await client.spawn(
+            IpcProxyActor, name="counter", config={"address": path, "actor": "counter", "ask_timeout": 5.0}
+        )
         await start_exposing(served, path)
         await proxy.tell(4)
         assert await proxy.ask(1) == 5

@@ -48,8 +48,12 @@ async def send_in_pieces(stream: trio.SocketStream, pieces: list[bytes]) -> None
 def test_requests_round_trip_through_a_live_server_whatever_the_chunking(codec_name: str, data: st.DataObject) -> None:
     codec = CODECS[codec_name]
     payloads = data.draw(st.lists(wire_values(codec_name), min_size=1, max_size=5))
-    methods = data.draw(st.lists(st.sampled_from(["echo", "echo_sync"]), min_size=len(payloads), max_size=len(payloads)))
-    requests = [Message(Kind.REQUEST, f"r{i}", m, p, 1.0) for i, (m, p) in enumerate(zip(methods, payloads))]
+    methods = data.draw(
+        st.lists(st.sampled_from(["echo", "echo_sync"]), min_size=len(payloads), max_size=len(payloads))
+    )
+    requests = [
+        Message(Kind.REQUEST, f"r{i}", m, p, 1.0) for i, (m, p) in enumerate(zip(methods, payloads, strict=False))
+    ]
     stream_bytes = b"".join(encode_frame(r, codec) for r in requests)
     pieces = data.draw(chunked(stream_bytes, max_chunks=12))
 
@@ -68,12 +72,15 @@ def test_requests_round_trip_through_a_live_server_whatever_the_chunking(codec_n
 
 
 @SETTINGS
-@given(pieces=st.lists(st.binary(max_size=300), min_size=1, max_size=8), codec_name=st.sampled_from(["json", "msgpack", None]))
+@given(
+    pieces=st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+    codec_name=st.sampled_from(["json", "msgpack", None]),
+)
 def test_arbitrary_bytes_never_crash_a_live_server(pieces: list[bytes], codec_name: str | None) -> None:
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "g.sock")
-            async with echo_server(path, max_bad_messages=1000) as server:
+            async with echo_server(path, max_bad_messages=1000):
                 async with open_ipc_client(path, connect_timeout=2.0) as bystander:
                     assert await bystander.request("echo", "before") == "before"
                     stream = await trio.open_unix_socket(path)

@@ -259,7 +259,7 @@ async def test_streams_are_paced_by_credit_and_cancelled_on_early_exit(tmp_path:
                 produced += 1
                 yield i
                 if data.get("fail_at") == i:
-                    raise RuntimeError("broke at %d" % i)
+                    raise RuntimeError(f"broke at {i}")
         finally:
             closed.set()
 
@@ -291,7 +291,7 @@ async def test_streams_are_paced_by_credit_and_cancelled_on_early_exit(tmp_path:
         assert seen == [0, 1, 2, 3]  # every item before the failure arrives
         with pytest.raises(RemoteError, match="does not stream"):
             async with client.stream("not_a_stream") as items:
-                async for item in items:
+                async for _item in items:
                     pass
         with pytest.raises(RemoteError, match="streams: call it with client.stream"):
             await client.request("count", {"n": 1})
@@ -533,7 +533,11 @@ async def test_bad_frames_get_errors_in_the_peers_codec_and_others_are_unaffecte
             await stream.send_all(frame_body(b"\x00garbage"))
             first, second, third = await read_messages(stream, reader, 3)
             assert first.data == {"result": 2}
-            assert second.kind is Kind.ERROR and second.data["code"] == "bad_message" and "'kind'" in second.data["message"]
+            assert (
+                second.kind is Kind.ERROR
+                and second.data["code"] == "bad_message"
+                and "'kind'" in second.data["message"]
+            )
             assert third.kind is Kind.ERROR and third.data["code"] == "bad_message"
             # A header over the limit: an error, then the server hangs up.
             await stream.send_all(struct.pack(">I", 1 << 20))

@@ -105,7 +105,11 @@ def test_handshake_packet() -> None:
     open_packet = session.handshake().to_packet()
     assert open_packet.type is PacketType.OPEN
     assert json.loads(open_packet.data) == {
-        "sid": "abc", "upgrades": ["websocket"], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 100,
+        "sid": "abc",
+        "upgrades": ["websocket"],
+        "pingInterval": 25000,
+        "pingTimeout": 20000,
+        "maxPayload": 100,
     }
     ws = ServerSession("abc", Transport.WEBSOCKET, now=0.0)
     assert json.loads(ws.handshake().to_packet().data)["upgrades"] == []

@@ -58,7 +58,8 @@ def test_known_encodings() -> None:
     assert enc(Packet(PacketType.ACK, "/admin", ["ok"], 3)) == ['3/admin,3["ok"]']
     assert enc(Packet(PacketType.CONNECT_ERROR, data={"message": "no"})) == ['4{"message":"no"}']
     assert enc(Packet(PacketType.EVENT, data=["up", b"\x01\x02"])) == [
-        '51-["up",{"_placeholder":true,"num":0}]', b"\x01\x02"
+        '51-["up",{"_placeholder":true,"num":0}]',
+        b"\x01\x02",
     ]
     assert enc(Packet(PacketType.ACK, data=[{"x": b"z"}], id=4)) == ['61-4[{"x":{"_placeholder":true,"num":0}}]', b"z"]
     assert enc(Packet(PacketType.EVENT, data=["中文"])) == ['2["中文"]']
@@ -67,9 +68,26 @@ def test_known_encodings() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "", "9", "2", "2{}", "2[]", "2[1]", '2["connect"]', "3[]", "31{}", "0[]", '1"x"', "4[]",
-        "5-[]", "5x-[]", "5a-", "2[", "21234567890123456[\"a\"]",
-        '2[NaN]', '1/a,1', '0/a,{"a":1}x',
+        "",
+        "9",
+        "2",
+        "2{}",
+        "2[]",
+        "2[1]",
+        '2["connect"]',
+        "3[]",
+        "31{}",
+        "0[]",
+        '1"x"',
+        "4[]",
+        "5-[]",
+        "5x-[]",
+        "5a-",
+        "2[",
+        '21234567890123456["a"]',
+        "2[NaN]",
+        "1/a,1",
+        '0/a,{"a":1}x',
     ],
 )
 def test_decoder_rejects(text: str) -> None:
@@ -98,9 +116,16 @@ def test_namespace_query_stripped() -> None:
     assert Decoder().feed("0/admin?x=1,") == Packet(PacketType.CONNECT, "/admin")
 
 
-@given(st.lists(st.one_of(st.text(max_size=40), st.binary(max_size=10),
-                          st.sampled_from(['51-["a",{"_placeholder":true,"num":0}]', '0{"t":1}', "1", '2["e"]'])),
-                max_size=8))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.binary(max_size=10),
+            st.sampled_from(['51-["a",{"_placeholder":true,"num":0}]', '0{"t":1}', "1", '2["e"]']),
+        ),
+        max_size=8,
+    )
+)
 def test_decoder_never_crashes(messages: list[str | bytes]) -> None:
     decoder = Decoder()
     for message in messages:
@@ -191,8 +216,11 @@ class ConnectionMachine(RuleBasedStateMachine):
         self.pending, self.connected = False, ok
         self._drain()
 
-    @rule(name=socketio_event_names, args=st.lists(json_values(binary=True), max_size=3),
-          ack=st.one_of(st.none(), st.integers(0, 10**6)))
+    @rule(
+        name=socketio_event_names,
+        args=st.lists(json_values(binary=True), max_size=3),
+        ack=st.one_of(st.none(), st.integers(0, 10**6)),
+    )
     def client_event(self, name, args, ack) -> None:
         packet = Packet(PacketType.EVENT, data=[name, *args], id=ack)
         events = []

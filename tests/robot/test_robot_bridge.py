@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import socketio
 import trio
+from test_robot_project import symlink_zip
 
 from switchyard.services.robot import project as robot_project
 from switchyard.testing.socketio import open_robot_app, project_zip
-from test_robot_project import symlink_zip
 
 MAX_EXEC = 1.5
 
-PROJECT = '''
+PROJECT = """
 import os
 import threading
 import time
@@ -68,12 +68,13 @@ def version():
 def stop():
     with open(STOP_MARK, "a") as f:
         f.write("module.stop\\n")
-'''
+"""
 
 
 def make_project(stop_mark: Path) -> bytes:
-    return project_zip({"main.py": PROJECT.format(stop_mark=str(stop_mark)), "requirements.txt": "numpy\n"},
-                       folder="my_robot")
+    return project_zip(
+        {"main.py": PROJECT.format(stop_mark=str(stop_mark)), "requirements.txt": "numpy\n"}, folder="my_robot"
+    )
 
 
 def call(client: socketio.Client, event: str, data: Any, timeout: float = 20) -> dict[str, Any]:
@@ -109,6 +110,7 @@ class Client:
             with self.arrived:
                 self.events.setdefault(name, []).append(data)
                 self.arrived.notify_all()
+
         return record
 
     def wait_event(self, name: str, timeout: float = 10.0) -> Any:
@@ -131,6 +133,7 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
     stop_mark = tmp_path / "stopped.txt"
     zipped = base64.b64encode(make_project(stop_mark)).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
+
         def run() -> dict[str, Any]:
             c = Client(port, transports)
             out: dict[str, Any] = {"update": None}
@@ -154,8 +157,12 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
 
         out = await trio.to_thread.run_sync(run)
     assert out["update"]["status"] == "success", out["update"]
-    assert out["update"]["data"] == {"files": 2, "bytes": out["update"]["data"]["bytes"], "top_folder": "my_robot",
-                                     "requirements_txt": True}
+    assert out["update"]["data"] == {
+        "files": 2,
+        "bytes": out["update"]["data"]["bytes"],
+        "top_folder": "my_robot",
+        "requirements_txt": True,
+    }
     assert out["start"]["status"] == "success" and out["start"]["message"] == "Project started"
     assert "robot" in out["start"]["data"]["objects"] and "version" in out["start"]["data"]["functions"]
     assert out["add"] == {"status": "success", "message": "robot.add executed", "data": 5}
@@ -163,7 +170,10 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
     assert out["positional"]["data"] == 15
     assert out["fail"]["status"] == "error" and out["fail"]["message"] == "ValueError: bad value"
     assert out["fail"]["data"]["error_type"] == "ValueError"
-    assert "main.py" in out["fail"]["data"]["traceback"] and "services/robot/child.py" not in out["fail"]["data"]["traceback"]
+    assert (
+        "main.py" in out["fail"]["data"]["traceback"]
+        and "services/robot/child.py" not in out["fail"]["data"]["traceback"]
+    )
     assert out["missing"]["status"] == "error" and "no attribute 'fly'" in out["missing"]["message"]
     assert out["private"]["status"] == "error" and "not a public name" in out["private"]["message"]
     assert out["notify"]["data"] == {"status": "started"}
@@ -177,6 +187,7 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
 
 async def test_second_client_refused(tmp_path: Path) -> None:
     async with open_robot_app(tmp_path / "storage") as (_, port):
+
         def run() -> tuple[Any, Any]:
             first = Client(port)
             # The refused client's connect_error carries the reason.
@@ -218,8 +229,10 @@ async def test_hostile_zips_rejected_and_current_unchanged(tmp_path: Path) -> No
 
         def run() -> dict[str, Any]:
             c = Client(port)
-            acks = {name: call(c.sio, "update", {"data": base64.b64encode(blob).decode()})
-                    for name, (blob, _) in HOSTILE.items()}
+            acks = {
+                name: call(c.sio, "update", {"data": base64.b64encode(blob).decode()})
+                for name, (blob, _) in HOSTILE.items()
+            }
             acks["zip_data_binary"] = call(c.sio, "update", {"zip_data": HOSTILE["traversal"][0]})
             acks["bad_base64"] = call(c.sio, "update", {"data": "@@@not base64@@@"})
             acks["missing"] = call(c.sio, "update", {})
@@ -244,6 +257,7 @@ async def test_max_execution_time_kills_and_restarts(tmp_path: Path) -> None:
     stop_mark = tmp_path / "stopped.txt"
     zipped = base64.b64encode(make_project(stop_mark)).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
+
         def run() -> dict[str, Any]:
             c = Client(port, ["websocket"])
             out = {"update": call(c.sio, "update", {"data": zipped})}
@@ -268,6 +282,7 @@ async def test_os_exit_in_user_code(tmp_path: Path) -> None:
     stop_mark = tmp_path / "stopped.txt"
     zipped = base64.b64encode(make_project(stop_mark)).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
+
         def run() -> dict[str, Any]:
             c = Client(port)
             out = {"update": call(c.sio, "update", {"data": zipped})}

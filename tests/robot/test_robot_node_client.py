@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_robot_bridge import make_project, wait_for_file_lines
 
 from switchyard.testing.socketio import open_robot_app
-from test_robot_bridge import make_project, wait_for_file_lines
 
 HERE = Path(__file__).parent
 MAX_EXEC = 1.0
@@ -27,9 +27,19 @@ def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("node-client")
     try:
         result = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(folder),
-             "socket.io-client@4"],
-            capture_output=True, text=True, timeout=240,
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+                str(folder),
+                "socket.io-client@4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
     except subprocess.TimeoutExpired:
         pytest.skip("npm install socket.io-client@4 timed out (registry unreachable?)")
@@ -46,9 +56,11 @@ async def test_node_socketio_client_full_flow(node_client: Path, tmp_path: Path)
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
         with trio.fail_after(120):
             result = await trio.run_process(
-                ["node", str(node_client / "robot_flow.js"), f"http://127.0.0.1:{port}", str(zip_path),
-                 str(MAX_EXEC)],
-                capture_stdout=True, capture_stderr=True, check=False, cwd=str(node_client),
+                ["node", str(node_client / "robot_flow.js"), f"http://127.0.0.1:{port}", str(zip_path), str(MAX_EXEC)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=str(node_client),
             )
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
         assert result.returncode == 0, (out.get("error"), result.stderr.decode()[-2000:])

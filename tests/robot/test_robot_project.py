@@ -42,7 +42,7 @@ def lying_size_zip() -> bytes:
     data = make_zip({"main.py": "x = 1\n", "big.bin": b"A" * 200_000})
     record = data.rfind(b"PK\x01\x02", 0, data.rfind(b"big.bin"))  # its central directory header
     size_at = record + 24  # uncompressed size field
-    return data[:size_at] + (100).to_bytes(4, "little") + data[size_at + 4:]
+    return data[:size_at] + (100).to_bytes(4, "little") + data[size_at + 4 :]
 
 
 HOSTILE = {
@@ -52,8 +52,12 @@ HOSTILE = {
     "drive": (make_zip({"main.py": "x=1", "C:/evil.py": "boom"}), "absolute"),
     "symlink": (symlink_zip(), "symlink"),
     "bomb": (make_zip({"main.py": "x=1", "zeros.bin": b"\0" * (4 << 20)}), "zip bomb"),
-    "too_big_unpacked": (make_zip({"main.py": "x=1", **{f"f{i}.bin": os.urandom(1 << 20) for i in range(9)}},
-                                  compression=zipfile.ZIP_STORED), None),
+    "too_big_unpacked": (
+        make_zip(
+            {"main.py": "x=1", **{f"f{i}.bin": os.urandom(1 << 20) for i in range(9)}}, compression=zipfile.ZIP_STORED
+        ),
+        None,
+    ),
     "no_main": (make_zip({"app.py": "x=1", "lib/util.py": "y=2"}), "no main.py"),
     "main_too_deep": (make_zip({"a/b/main.py": "x=1"}), "no main.py"),
     "two_top_folders": (make_zip({"a/main.py": "x=1", "b/other.py": "y"}), "no main.py"),
@@ -95,8 +99,18 @@ def test_valid_layouts() -> None:
     root = rp.inspect_zip(make_zip({"main.py": "x", "pkg/mod.py": "y", "requirements.txt": "numpy"}), LIMITS)
     assert root.prefix == "" and root.has_requirements
     assert sorted(path for _, path in root.files) == ["main.py", "pkg/mod.py", "requirements.txt"]
-    folder = rp.inspect_zip(make_zip({"proj/": b"", "proj/main.py": "x", "proj/lib/a.py": "y",
-                                      "__MACOSX/proj/._main.py": "junk", "proj/.DS_Store": "junk"}), LIMITS)
+    folder = rp.inspect_zip(
+        make_zip(
+            {
+                "proj/": b"",
+                "proj/main.py": "x",
+                "proj/lib/a.py": "y",
+                "__MACOSX/proj/._main.py": "junk",
+                "proj/.DS_Store": "junk",
+            }
+        ),
+        LIMITS,
+    )
     assert folder.prefix == "proj/"
     assert sorted(path for _, path in folder.files) == ["lib/a.py", "main.py"]
     # small, very compressible files are fine (the ratio check starts at 1 MiB)
@@ -179,9 +193,13 @@ def test_arbitrary_bytes_only_rejected(data: bytes) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(
-    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12),
-    st.binary(max_size=64), max_size=6))
+@given(
+    st.dictionaries(
+        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=12),
+        st.binary(max_size=64),
+        max_size=6,
+    )
+)
 def test_arbitrary_names_never_escape(entries: dict[str, bytes]) -> None:
     try:
         plan = rp.inspect_zip(make_zip({"main.py": b"x", **entries}), LIMITS)

@@ -60,7 +60,9 @@ def test_run_serves_and_exits_0_within_grace_on_signal(tmp_path: Path, signum: i
     endpoint = free_tcp_endpoint()
     proc = subprocess.Popen(
         [*CLI, "--log-format", "json", "run", str(_manifest(tmp_path, endpoint))],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = _wait_ready(proc)
@@ -89,8 +91,9 @@ def test_bad_manifest_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_check_validates_without_starting(tmp_path: Path) -> None:
     endpoint = "tcp://127.0.0.1:1"  # nothing binds: check starts nothing
-    result = subprocess.run([*CLI, "check", str(_manifest(tmp_path, endpoint))], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [*CLI, "check", str(_manifest(tmp_path, endpoint))], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "ok: app 'cli-test', 1 actor(s): health (echo)" in result.stdout
 
@@ -109,8 +112,13 @@ def test_start_failure_exits_1(tmp_path: Path) -> None:
     squatter = ctx.socket(zmq.REP)
     squatter.bind(endpoint)
     try:
-        result = subprocess.run([*CLI, "run", str(_manifest(tmp_path, endpoint))], capture_output=True, text=True,
-                                timeout=30, env={**os.environ})
+        result = subprocess.run(
+            [*CLI, "run", str(_manifest(tmp_path, endpoint))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ},
+        )
     finally:
         squatter.close(0)
     assert result.returncode == 1

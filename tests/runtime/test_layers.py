@@ -87,7 +87,11 @@ def test_every_import_points_down_the_layers() -> None:
     [
         ("protocols/codec.py", "from switchyard.transports import zmq\n", "protocols may not import transports"),
         ("runtime/x.py", "import switchyard.services.aipara\n", "runtime may not import services"),
-        ("services/robot/w.py", "from switchyard.services.aipara import protocol\n", "services never import each other"),
+        (
+            "services/robot/w.py",
+            "from switchyard.services.aipara import protocol\n",
+            "services never import each other",
+        ),
         ("transports/t.py", "from switchyard.testing import ports\n", "nothing below apps/testing"),
         ("actors/a.py", "from switchyard.services.tensor import tsr\n", "generic actors do not import a service"),
     ],

@@ -66,7 +66,10 @@ def test_module_colon_class_kind() -> None:
         ('[app]\nname="x"\n[[actor]]\nname="a"\nkind="nope"\n', "apps/x.toml: actor 'a': unknown actor kind 'nope'"),
         ('[app]\nname="x"\n[[actor]]\nname="a"\n', "apps/x.toml: actor 'a': missing required key 'kind'"),
         ('[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\nrestart="sometimes"\n', "restart must be one of"),
-        ('[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\ncolour=1\n', "apps/x.toml: actor 'a': unknown key 'colour'"),
+        (
+            '[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\ncolour=1\n',
+            "apps/x.toml: actor 'a': unknown key 'colour'",
+        ),
         (
             '[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\n[actor.config]\nport=1\n',
             "apps/x.toml: actor 'a' [config]: unknown key 'port' (known: endpoint, max_message_size)",

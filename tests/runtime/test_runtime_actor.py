@@ -19,7 +19,6 @@ from switchyard.runtime import (
 )
 from switchyard.testing import run_system
 
-
 RELEASE: dict[str, trio.Semaphore] = {}
 
 

@@ -129,7 +129,7 @@ async def test_permanent_child_restarts_after_a_normal_exit_too() -> None:
 
 
 async def test_intensity_exceeded_escalates_out_of_the_system() -> None:
-    with pytest.raises(BaseException) as info:  # noqa: PT011 - an exception group from the nursery
+    with pytest.raises(BaseException) as info:
         async with open_system("top", max_restarts=2, within=10, grace_period=0.5) as system:
             await system.spawn(Counted, name="flaky")
             for _ in range(3):

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 import trio
 
+from switchyard.services.tensor.file_client import DEFAULT_SCRIPT
 from switchyard.services.tensor.zmq_session import TensorSessionActor, TensorSessionConfig
 from switchyard.testing import ipc_endpoint, run_system
 from switchyard.testing.cpp import compile_cpp
-from switchyard.services.tensor.file_client import DEFAULT_SCRIPT
 
 CPP_SOURCE = Path(__file__).parent / "cpp" / "tensor_session_client.cpp"
 CPP_ZMQ_SOURCE = Path(__file__).parent / "cpp" / "tensor_zmq_client.cpp"
@@ -72,7 +71,10 @@ def _run_client(cpp_client: Path, tmp_path: Path, script: Path, session_id: str,
     try:
         result = subprocess.run(
             [str(cpp_client), str(root), session_id, str(script), *extra],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         # The server was started by the C++ program; make sure it is gone.
@@ -117,8 +119,9 @@ async def test_cpp_zmq_client_against_the_actor(cpp_zmq_client):
     async with run_system("tensor-cpp") as system:
         await system.spawn(TensorSessionActor, name="tensor", config=TensorSessionConfig(endpoint=endpoint))
         with trio.fail_after(60):
-            result = await trio.run_process([str(cpp_zmq_client), endpoint], capture_stdout=True,
-                                            capture_stderr=True, check=False)
+            result = await trio.run_process(
+                [str(cpp_zmq_client), endpoint], capture_stdout=True, capture_stderr=True, check=False
+            )
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert "PASS matmul 4x3 @ 3x5 = 9.0" in out and "ALL PASSED 0" in out

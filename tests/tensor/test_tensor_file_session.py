@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import trio
 
+from switchyard.services.tensor.file_client import DEFAULT_SCRIPT, PythonSession
 from switchyard.services.tensor.file_session import (
     ENV_ROOT,
     SessionBusyError,
@@ -23,7 +24,6 @@ from switchyard.services.tensor.file_session import (
     TensorSessionServer,
     resolve_session_root,
 )
-from switchyard.services.tensor.file_client import DEFAULT_SCRIPT, PythonSession
 
 
 class DemoServer(TensorSessionServer):
@@ -64,7 +64,10 @@ async def test_hello_json_and_plain_text(tmp_path):
     async with serving(tmp_path) as (client, _):
         assert await call(client.fetch_response, {"cmd": "hello", "params": "world"}) == "Hello World"
         assert await call(client.fetch_response, "hello tech renaissance") == "Hello Tech Renaissance"
-        assert await call(client.fetch_response, {"cmd": "hello", "params": 'say "hi" \\ 你好'}) == 'Hello Say "Hi" \\ 你好'
+        assert (
+            await call(client.fetch_response, {"cmd": "hello", "params": 'say "hi" \\ 你好'})
+            == 'Hello Say "Hi" \\ 你好'
+        )
 
 
 async def test_matmul_and_add(tmp_path):

@@ -12,12 +12,12 @@ import pytest
 import trio
 import zmq
 
-from switchyard.services.tensor.zmq_session import TensorCommand, TensorSessionActor, TensorSessionConfig
-from switchyard.services.tensor.client import TensorSessionClient
-from switchyard.services.tensor.protocol import decode_reply, encode_request
 from switchyard.runtime.manifest import load_manifest
-from switchyard.testing import ipc_endpoint, run_manifest, run_system
+from switchyard.services.tensor.client import TensorSessionClient
 from switchyard.services.tensor.file_session import SessionError, TensorSessionServer
+from switchyard.services.tensor.protocol import decode_reply, encode_request
+from switchyard.services.tensor.zmq_session import TensorCommand, TensorSessionActor, TensorSessionConfig
+from switchyard.testing import ipc_endpoint, run_manifest, run_system
 
 APPS = Path(__file__).resolve().parents[2] / "switchyard" / "apps"
 
@@ -62,7 +62,8 @@ async def actor(**config):
     endpoint = ipc_endpoint()
     async with run_system("tensor-test") as system:
         ref = await system.spawn(
-            TensorSessionActor, name="tensor",
+            TensorSessionActor,
+            name="tensor",
             config=TensorSessionConfig(endpoint=endpoint, server=f"{__name__}:DemoServer", **config),
         )
         client = TensorSessionClient(endpoint)
@@ -106,8 +107,14 @@ async def test_two_results_and_zero_copy_both_ways():
     [
         (lambda c: c.send_request({"cmd": "bogus"}), "error:Failed to process command bogus"),
         (lambda c: c.send_request({"cmd": "matmul", "params": "a,b"}), "'a' not found"),
-        (lambda c: (c.send_tensor(np.ones((2, 3), np.float32), "a"), c.send_tensor(np.ones((2, 3), np.float32), "b"),
-                    c.send_request({"cmd": "matmul", "params": "a,b"})), "matmul:"),
+        (
+            lambda c: (
+                c.send_tensor(np.ones((2, 3), np.float32), "a"),
+                c.send_tensor(np.ones((2, 3), np.float32), "b"),
+                c.send_request({"cmd": "matmul", "params": "a,b"}),
+            ),
+            "matmul:",
+        ),
         (lambda c: c.send_request({"cmd": "sum_diff", "params": "a"}), "expected 2 tensor tag(s)"),
     ],
 )
@@ -149,6 +156,7 @@ async def test_the_last_message_of_a_request_carries_its_status():
         raw.setsockopt(zmq.LINGER, 0)
         raw.connect(client.endpoint)
         try:
+
             async def exchange(req_id, cmd, count):
                 await call(raw.send_multipart, encode_request(req_id, cmd, ""))
                 return [decode_reply(await call(raw.recv_multipart)) for _ in range(count)]

@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from switchyard.services.tensor.file_client import PythonSession
+from switchyard.services.tensor.file_session import SessionError
 from switchyard.services.tensor.tsr import encode
 from switchyard.testing.tsr import same_tensor, tsr_arrays
-from switchyard.services.tensor.file_session import SessionError
-from switchyard.services.tensor.file_client import PythonSession
 
 SESSION: PythonSession | None = None
 WORDS = st.text(alphabet=string.ascii_lowercase + " ", max_size=12)

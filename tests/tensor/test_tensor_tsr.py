@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from switchyard.services.tensor import tsr
 from switchyard.services.tensor.tsr import TSRError
-from switchyard.testing.tsr import same_tensor, tsr_arrays, tsr_blobs
 from switchyard.services.tensor.tsr_file import load_tsr, save_tsr
+from switchyard.testing.tsr import same_tensor, tsr_arrays, tsr_blobs
 
 DTYPES = [np.float32, np.int8, np.int32]
 SHAPES = [(), (5,), (3, 4), (2, 3, 4), (2, 1, 3, 2)]

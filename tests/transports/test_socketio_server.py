@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import socketio
 import trio
 import trio_websocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switchyard.transports.socketio_engine import EngineConfig, origin_allowed
 from switchyard.transports.socketio_server import ConnectRefused, SocketIOClient, SocketIOConfig, SocketIOServer
@@ -120,8 +120,10 @@ async def test_engineio_errors(query: str, method: str, code: int) -> None:
 async def test_cors() -> None:
     async with serve(cors_allowed_origins=("http://app.example:*", "https://ui.example")) as (port, _, _):
         async with httpx.AsyncClient() as http:
-            pre = await http.options(url(port), headers={"Origin": "http://app.example:5173",
-                                                         "Access-Control-Request-Headers": "content-type"})
+            pre = await http.options(
+                url(port),
+                headers={"Origin": "http://app.example:5173", "Access-Control-Request-Headers": "content-type"},
+            )
             assert pre.status_code == 204
             assert pre.headers["access-control-allow-origin"] == "http://app.example:5173"
             assert pre.headers["access-control-allow-credentials"] == "true"
@@ -176,7 +178,7 @@ async def test_overlapping_polls_close_session() -> None:
 
 
 async def test_ping_timeout_disconnects() -> None:
-    async with serve(ping_interval=0.2, ping_timeout=0.3) as (port, handler, server), httpx.AsyncClient() as http:
+    async with serve(ping_interval=0.2, ping_timeout=0.3) as (port, handler, _server), httpx.AsyncClient() as http:
         sid = (await handshake(http, port))["sid"]
         q = url(port, f"EIO=4&transport=polling&sid={sid}")
         await http.post(q, content="40")
@@ -189,7 +191,7 @@ async def test_ping_timeout_disconnects() -> None:
 
 
 async def test_pong_keeps_session_alive() -> None:
-    async with serve(ping_interval=0.1, ping_timeout=0.2) as (port, handler, server), httpx.AsyncClient() as http:
+    async with serve(ping_interval=0.1, ping_timeout=0.2) as (port, _handler, server), httpx.AsyncClient() as http:
         sid = (await handshake(http, port))["sid"]
         q = url(port, f"EIO=4&transport=polling&sid={sid}")
         for _ in range(5):
@@ -292,6 +294,7 @@ def _sync_client(port: int, *, transports: list[str], auth: Any = None) -> socke
 @pytest.mark.parametrize("transports", [["polling", "websocket"], ["websocket"], ["polling"]])
 async def test_python_socketio_client(transports: list[str]) -> None:
     async with serve() as (port, handler, _):
+
         def run() -> dict[str, Any]:
             pushed: list[Any] = []
             client = socketio.Client(reconnection=False)
@@ -320,6 +323,7 @@ async def test_python_socketio_client(transports: list[str]) -> None:
 
 async def test_second_client_refused_and_token() -> None:
     async with serve(max_clients=1, auth_token="s3cret") as (port, handler, _):
+
         def run() -> list[str]:
             errors = []
             for auth in (None, {"token": "wrong"}):
@@ -346,6 +350,7 @@ async def test_handler_refusal_reaches_client() -> None:
     handler = Recorder()
     handler.refuse = "robot is charging"
     async with serve(handler) as (port, _, _):
+
         def run() -> str:
             try:
                 _sync_client(port, transports=["websocket"])
@@ -356,19 +361,28 @@ async def test_handler_refusal_reaches_client() -> None:
         assert "robot is charging" in await trio.to_thread.run_sync(run)
 
 
-_REQUEST_LINES = st.sampled_from([b"GET /socket.io/?EIO=4&transport=polling", b"POST /socket.io/?EIO=4&transport=polling&sid=x",
-                                  b"GET /socket.io/?EIO=4&transport=websocket", b"OPTIONS /socket.io/", b"GET /"])
+_REQUEST_LINES = st.sampled_from(
+    [
+        b"GET /socket.io/?EIO=4&transport=polling",
+        b"POST /socket.io/?EIO=4&transport=polling&sid=x",
+        b"GET /socket.io/?EIO=4&transport=websocket",
+        b"OPTIONS /socket.io/",
+        b"GET /",
+    ]
+)
 _HTTPISH = st.builds(
     lambda line, version, headers, body: line + version + b"\r\n" + headers + b"\r\n\r\n" + body,
-    _REQUEST_LINES, st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/9", b""]),
-    st.binary(max_size=200), st.binary(max_size=200),
+    _REQUEST_LINES,
+    st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/9", b""]),
+    st.binary(max_size=200),
+    st.binary(max_size=200),
 )
 
 
 @settings(max_examples=40, deadline=None)
 @given(garbage=st.one_of(st.binary(min_size=1, max_size=400), _HTTPISH))
 async def test_http_garbage_never_breaks_the_server(garbage: bytes) -> None:
-    async with serve() as (port, _, server):
+    async with serve() as (port, _, _server):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         try:
             await stream.send_all(garbage)
@@ -383,10 +397,13 @@ async def test_http_garbage_never_breaks_the_server(garbage: bytes) -> None:
             await handshake(http, port)  # still serving
 
 
-@pytest.mark.parametrize("headers", [
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # no key, no version
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 8\r\n",
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # no key, no version
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 8\r\n",
+    ],
+)
 async def test_bad_websocket_handshakes(headers: bytes, caplog: pytest.LogCaptureFixture) -> None:
     async with serve() as (port, _, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)

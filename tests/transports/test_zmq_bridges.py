@@ -179,7 +179,7 @@ async def test_stream_server_streams_and_supersedes() -> None:
                     got.append(msg)
                     if msg == b"c:1#final":
                         break
-            tail = got[got.index(b"c:1#0"):]
+            tail = got[got.index(b"c:1#0") :]
             assert tail == [b"c:1#0", b"c:1#final"]
             assert all(m.startswith(b"b:") for m in got[: got.index(b"c:1#0")])
             assert len(got) <= 4  # at most a reply or two of b slipped out before c arrived
@@ -241,8 +241,9 @@ async def test_handlers_see_the_client_identity_and_dealers_can_be_accepted() ->
     def error_reply(exc: BaseException, body: object) -> bytes:
         return b"error for " + current_identity()
 
-    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:*", max_message_size=10), handler,
-                          error_reply=error_reply, accept_dealer=True)
+    server = ReqRepServer(
+        EndpointConfig("tcp://127.0.0.1:*", max_message_size=10), handler, error_reply=error_reply, accept_dealer=True
+    )
     async with trio.open_nursery() as nursery:
         endpoint = await nursery.start(server.serve)
         async with open_socket(zmq.DEALER, connect=endpoint, options=SocketOptions(identity=b"dealer-7")) as dealer:
@@ -283,8 +284,9 @@ async def test_inline_and_handed_off_handlers_mixed(max_concurrent: int) -> None
     def error_reply(exc: BaseException, body: object) -> bytes:
         return b"error:" + str(exc).encode()
 
-    server = ReqRepServer(EndpointConfig("tcp://127.0.0.1:*", max_concurrent=max_concurrent), handler,
-                          error_reply=error_reply)
+    server = ReqRepServer(
+        EndpointConfig("tcp://127.0.0.1:*", max_concurrent=max_concurrent), handler, error_reply=error_reply
+    )
     kinds = [b"inline", b"scoped", b"fail", b"slow"]
     async with trio.open_nursery() as nursery:
         endpoint = await nursery.start(server.serve)

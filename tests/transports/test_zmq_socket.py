@@ -10,10 +10,10 @@ import trio.testing
 import zmq
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from switchyard.transports.zmq import SocketOptions, open_socket
 from switchyard.testing import ipc_endpoint
+from switchyard.transports.zmq import SocketOptions, open_socket
 
 
 def _endpoints(tmp_path: Path) -> list[str]:
@@ -28,6 +28,7 @@ def bind_endpoint(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def test_req_rep(bind_endpoint: str) -> None:
     async with open_socket(zmq.REP, bind=bind_endpoint) as rep:
         async with open_socket("REQ", connect=rep.endpoints[0]) as req:
+
             async def serve() -> None:
                 for _ in range(3):
                     await rep.send(b"re:" + await rep.recv())
@@ -41,8 +42,9 @@ async def test_req_rep(bind_endpoint: str) -> None:
 
 async def test_dealer_router_multipart_zero_copy(bind_endpoint: str) -> None:
     async with open_socket(zmq.ROUTER, bind=bind_endpoint) as router:
-        async with open_socket(zmq.DEALER, connect=router.endpoints[0],
-                               options=SocketOptions(identity=b"client-1")) as dealer:
+        async with open_socket(
+            zmq.DEALER, connect=router.endpoints[0], options=SocketOptions(identity=b"client-1")
+        ) as dealer:
             payload = bytearray(b"x" * 100_000)
             await dealer.send_multipart([b"head", memoryview(payload)])
             frames = await router.recv_multipart(copy=False)
@@ -54,7 +56,9 @@ async def test_dealer_router_multipart_zero_copy(bind_endpoint: str) -> None:
 
 async def test_pub_sub_and_push_pull(bind_endpoint: str, tmp_path: Path) -> None:
     async with open_socket(zmq.PUB, bind=bind_endpoint) as pub:
-        async with open_socket(zmq.SUB, connect=pub.endpoints[0], options=SocketOptions(subscribe=(b"ai_events",))) as sub:
+        async with open_socket(
+            zmq.SUB, connect=pub.endpoints[0], options=SocketOptions(subscribe=(b"ai_events",))
+        ) as sub:
             with trio.fail_after(5):
                 while True:  # slow joiner: publish until the subscription is through
                     await pub.send_multipart([b"ai_events", b"hello"])
@@ -77,7 +81,7 @@ async def test_send_waits_at_hwm_and_resumes() -> None:
 
             async def flood() -> None:
                 nonlocal sent
-                for i in range(2000):
+                for _i in range(2000):
                     await push.send(b"m" * 1000)
                     sent += 1
 
@@ -91,6 +95,7 @@ async def test_send_waits_at_hwm_and_resumes() -> None:
 
 async def test_close_wakes_waiters_with_closed_resource_error() -> None:
     async with open_socket(zmq.PULL, bind="tcp://127.0.0.1:*") as pull:
+
         async def waiter() -> None:
             with pytest.raises(trio.ClosedResourceError):
                 await pull.recv()

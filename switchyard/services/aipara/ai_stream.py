@@ -33,10 +33,11 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from switchyard.protocols.codec import json_codec
+from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
 from switchyard.services.aipara.backends.base import BackendError, open_backend
 from switchyard.services.aipara.backends.local import LocalBackendConfig
 from switchyard.services.aipara.backends.openai import OpenAIBackendConfig
-from switchyard.services.aipara.rime_state import subscribe_events
 from switchyard.services.aipara.protocol import (
     AiBadRequest,
     AiCandidate,
@@ -48,12 +49,11 @@ from switchyard.services.aipara.protocol import (
     chat_error,
     parse_ai_request,
 )
-from switchyard.protocols.codec import json_codec
-from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.services.aipara.rime_state import subscribe_events
 from switchyard.transports.zmq_bridges import EndpointConfig, PeerGone, RouterStreamServer
 from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
-__all__ = ["AiStreamConfig", "AiStreamActor", "ConvertText", "AiStats"]
+__all__ = ["AiStats", "AiStreamActor", "AiStreamConfig", "ConvertText"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -128,17 +128,27 @@ class AiStreamActor(Actor):
         self.stats = {"converts": 0, "superseded": 0, "timeouts": 0, "errors": 0, "chats": 0, "bad_requests": 0}
         self._converts: dict[bytes, trio.CancelScope] = {}
         self._recent: deque[str] = deque(maxlen=max(cfg.context_commits, 1))
-        self.backend = await self.enter(open_backend(cfg.backend, local=cfg.local, openai=cfg.openai, context=self._context))
+        self.backend = await self.enter(
+            open_backend(cfg.backend, local=cfg.local, openai=cfg.openai, context=self._context)
+        )
         extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
         endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         self.server = RouterStreamServer(
-            endpoint, self._serve, supersede=False, error_reply=self._error_reply, name=f"{self.name}.router", logger=self.log
+            endpoint,
+            self._serve,
+            supersede=False,
+            error_reply=self._error_reply,
+            name=f"{self.name}.router",
+            logger=self.log,
         )
         self.endpoint = await self.nursery.start(self.server.serve)
         if cfg.rime_state and cfg.context_commits > 0:
             self.nursery.start_soon(self._follow_commits, cfg.rime_state)
         self.log.info(
-            "AI stream service on %s, backend %s%s", self.endpoint, self.backend.name, " (CURVE)" if cfg.curve.enabled else ""
+            "AI stream service on %s, backend %s%s",
+            self.endpoint,
+            self.backend.name,
+            " (CURVE)" if cfg.curve.enabled else "",
         )
 
     async def on_stop(self) -> None:

@@ -25,16 +25,16 @@ from typing import Any
 import attrs
 
 __all__ = [
-    "chat_completion_request",
-    "SSEEvent",
-    "SSEDecoder",
-    "SSEError",
+    "CandidateLines",
     "CompletionDelta",
     "CompletionError",
-    "parse_completion_event",
-    "CandidateLines",
-    "clean_candidate",
+    "SSEDecoder",
+    "SSEError",
+    "SSEEvent",
+    "chat_completion_request",
     "check_template",
+    "clean_candidate",
+    "parse_completion_event",
     "render_template",
 ]
 
@@ -215,7 +215,9 @@ def check_template(template: str, allowed: Iterable[str], *, what: str = "templa
     for field in fields:
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if root == "" or root.isdigit():
-            raise ValueError(f"{what}: positional placeholder {{{field}}} is not allowed; use names: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"{what}: positional placeholder {{{field}}} is not allowed; use names: {', '.join(sorted(names))}"
+            )
         if root not in names:
             raise ValueError(f"{what}: unknown placeholder {{{root}}}; known: {', '.join(sorted(names))}")
         if field != root:

@@ -29,50 +29,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import attrs
 
 from switchyard.protocols.codec import CodecError, json_codec
 
 __all__ = [
-    "MESSEGE_TYPE",
+    "COMMAND_KINDS",
     "COMMAND_MESSEGE",
     "DEFAULT_MAX_REQUEST_BYTES",
-    "SwitchOption",
-    "Commit",
-    "StateReport",
-    "ClientCommand",
-    "Pong",
-    "BadRequest",
-    "RimeRequest",
-    "parse_rime_request",
-    "command_response",
-    "error_response",
-    "response_name",
-    "ConvertRequest",
-    "ChatRequest",
+    "MESSEGE_TYPE",
     "AiBadRequest",
-    "AiRequest",
-    "parse_ai_request",
     "AiCandidate",
-    "ConvertProgress",
-    "chat_chunk",
-    "chat_error",
-    "ai_error_reply",
-    "SetOption",
-    "SetProperty",
-    "SetConfig",
+    "AiRequest",
+    "BadRequest",
+    "ChatRequest",
+    "ClientCommand",
     "ClipboardData",
+    "CommandError",
+    "Commit",
+    "ConvertProgress",
+    "ConvertRequest",
+    "OutboxCommand",
     "PasteExecuted",
     "PasteFailed",
     "Ping",
-    "OutboxCommand",
-    "COMMAND_KINDS",
-    "CommandError",
-    "command_to_wire",
+    "Pong",
+    "RimeRequest",
+    "SetConfig",
+    "SetOption",
+    "SetProperty",
+    "StateReport",
+    "SwitchOption",
+    "ai_error_reply",
+    "chat_chunk",
+    "chat_error",
     "command_from_dict",
+    "command_response",
+    "command_to_wire",
+    "error_response",
     "json_type_name",
+    "parse_ai_request",
+    "parse_rime_request",
+    "response_name",
 ]
 
 MESSEGE_TYPE = "messege_type"  # sic: the peer's spelling is the wire format
@@ -243,7 +243,7 @@ class BadRequest:
     messege_type: str | None = None
 
 
-RimeRequest = Union[StateReport, ClientCommand, Pong, BadRequest]
+RimeRequest = StateReport | ClientCommand | Pong | BadRequest
 
 
 def _parse_switch(item: Any, index: int) -> SwitchOption:
@@ -432,7 +432,7 @@ class AiBadRequest:
     response_key: str | None = None
 
 
-AiRequest = Union[ConvertRequest, ChatRequest, AiBadRequest]
+AiRequest = ConvertRequest | ChatRequest | AiBadRequest
 
 
 def _parse_convert(obj: Mapping[str, Any]) -> ConvertRequest:
@@ -473,9 +473,7 @@ def _parse_chat(obj: Mapping[str, Any]) -> ChatRequest:
     )
 
 
-def parse_ai_request(
-    body: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-) -> AiRequest:
+def parse_ai_request(body: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> AiRequest:
     """Parse one AI-channel request body. Never raises: bad input is an :class:`AiBadRequest`."""
     kind: str | None = None
     response_key: str | None = None
@@ -705,7 +703,7 @@ class Ping:
     command = "ping"
 
 
-OutboxCommand = Union[SetOption, SetProperty, SetConfig, ClipboardData, PasteExecuted, PasteFailed, Ping]
+OutboxCommand = SetOption | SetProperty | SetConfig | ClipboardData | PasteExecuted | PasteFailed | Ping
 
 COMMAND_KINDS: dict[str, type] = {
     cls.command: cls  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ timestamps) so tests control it.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Union
+from typing import Any
 
 import attrs
 
@@ -45,13 +45,13 @@ from switchyard.services.aipara.protocol import (
 
 __all__ = [
     "ClientState",
-    "CommitEvent",
     "CommandEvent",
-    "RimeEvent",
+    "CommitEvent",
     "Handled",
     "OutboxFull",
-    "UnknownClient",
+    "RimeEvent",
     "RimeStateBook",
+    "UnknownClient",
     "client_key",
 ]
 
@@ -119,7 +119,7 @@ class CommandEvent:
     received_ms: int
 
 
-RimeEvent = Union[CommitEvent, CommandEvent]
+RimeEvent = CommitEvent | CommandEvent
 
 
 @attrs.frozen

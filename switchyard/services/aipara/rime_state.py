@@ -36,6 +36,8 @@ from typing import Any
 import attrs
 import trio
 
+from switchyard.protocols.codec import json_codec
+from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
 from switchyard.services.aipara.protocol import (
     COMMAND_KINDS,
     BadRequest,
@@ -44,9 +46,7 @@ from switchyard.services.aipara.protocol import (
     error_response,
     parse_rime_request,
 )
-from switchyard.protocols.codec import json_codec
 from switchyard.services.aipara.rime_book import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
-from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
 from switchyard.transports.zmq_bridges import (
     EndpointConfig,
     HandlerTimeout,
@@ -57,12 +57,12 @@ from switchyard.transports.zmq_bridges import (
 from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
 __all__ = [
-    "RimeStateConfig",
-    "RimeStateActor",
-    "QueueCommand",
-    "QueueResult",
     "GetClient",
     "ListClients",
+    "QueueCommand",
+    "QueueResult",
+    "RimeStateActor",
+    "RimeStateConfig",
     "RimeStats",
     "Subscribe",
     "Unsubscribe",
@@ -159,8 +159,12 @@ class RimeStateActor(Actor):
         endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         # accept_dealer: newer aipara builds open this port from a DEALER ([identity, body]).
         self.server = ReqRepServer(
-            endpoint, self._serve_request, error_reply=self._error_reply, accept_dealer=True,
-            name=f"{self.name}.reqrep", logger=self.log,
+            endpoint,
+            self._serve_request,
+            error_reply=self._error_reply,
+            accept_dealer=True,
+            name=f"{self.name}.reqrep",
+            logger=self.log,
         )
         self.endpoint = await self.nursery.start(self.server.serve)
         self.nursery.start_soon(self._expire_loop)
@@ -180,7 +184,9 @@ class RimeStateActor(Actor):
             self.log.warning("bad request from %s: %s", client, request.reason)
         handled = self.book.handle(client, request, now=trio.current_time(), wall_ms=_now_ms())
         for victim in handled.evicted:
-            self.log.warning("client limit (%d) reached: forgot least recently seen client %s", self.config.max_clients, victim)
+            self.log.warning(
+                "client limit (%d) reached: forgot least recently seen client %s", self.config.max_clients, victim
+            )
         self.stats["commands_delivered"] += handled.delivered
         for event in handled.events:
             self._publish(event)
@@ -196,7 +202,9 @@ class RimeStateActor(Actor):
         else:
             reason = f"internal error: {type(exc).__name__}"
         self.stats["bad_requests"] += 1
-        return json_codec.encode(error_response(client_id=client_key(current_identity()), reason=reason, timestamp_ms=_now_ms()))
+        return json_codec.encode(
+            error_response(client_id=client_key(current_identity()), reason=reason, timestamp_ms=_now_ms())
+        )
 
     async def _expire_loop(self) -> None:
         while True:
@@ -296,4 +304,3 @@ async def subscribe_events(
                 ref.tell_nowait(Unsubscribe(sub_id))
             except (MailboxFull, ActorStopped):
                 pass  # our channel closes below, so the actor drops us at its next event anyway
-

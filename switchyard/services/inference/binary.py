@@ -77,9 +77,7 @@ def _str_field(header: Mapping[Any, Any], key: str, task_id: str, *, required: b
     return value
 
 
-def parse_binary_request(
-    frames: Sequence[bytes | bytearray | memoryview], *, max_input_bytes: int
-) -> TensorRequest:
+def parse_binary_request(frames: Sequence[bytes | bytearray | memoryview], *, max_input_bytes: int) -> TensorRequest:
     """Validate ``[header, tensor]`` frames into a :class:`TensorRequest`."""
     if len(frames) != 2:
         raise TaskError(f"a binary request has 2 frames (header, tensor), not {len(frames)}")
@@ -95,8 +93,7 @@ def parse_binary_request(
     raw_id = header.get("task_id")
     task_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_TASK_ID_LENGTH else ""
     if not task_id and raw_id != "":
-        raise TaskError("header.task_id must be a string of at most "
-                        f"{MAX_TASK_ID_LENGTH} characters")
+        raise TaskError(f"header.task_id must be a string of at most {MAX_TASK_ID_LENGTH} characters")
     task_type = _str_field(header, "task_type", task_id, required=False)
     try:
         model = _str_field(header, "model", task_id, required=False)

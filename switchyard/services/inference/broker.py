@@ -37,6 +37,7 @@ import attrs
 import trio
 import zmq
 
+from switchyard.runtime import Actor
 from switchyard.services.inference.service import FailureLog, failure_reply, start_client_server, start_events
 from switchyard.services.inference.worker import InferenceWorkerConfig
 from switchyard.services.inference.worker_protocol import (
@@ -48,7 +49,6 @@ from switchyard.services.inference.worker_protocol import (
     encode_task,
     parse_from_worker,
 )
-from switchyard.runtime import Actor
 from switchyard.transports.zmq import SocketOptions, ZmqSocket, open_socket
 
 __all__ = ["InferenceBrokerActor", "InferenceBrokerConfig"]
@@ -121,8 +121,17 @@ class InferenceBrokerActor(Actor):
         self._keys = itertools.count(1)
         self._wake = trio.Event()
         self.processes: dict[int, Any] = {}
-        self.stats = {"tasks": 0, "dispatched": 0, "retried": 0, "lost_twice": 0, "queue_timeouts": 0,
-                      "busy": 0, "late_replies": 0, "workers_lost": 0, "bad_worker_messages": 0}
+        self.stats = {
+            "tasks": 0,
+            "dispatched": 0,
+            "retried": 0,
+            "lost_twice": 0,
+            "queue_timeouts": 0,
+            "busy": 0,
+            "late_replies": 0,
+            "workers_lost": 0,
+            "bad_worker_messages": 0,
+        }
         self.failures = FailureLog(self.log)
         options = SocketOptions(router_mandatory=True, linger_ms=0, sndhwm=100_000, rcvhwm=100_000)
         self._wsock: ZmqSocket = await self.enter(open_socket(zmq.ROUTER, bind=config.worker_endpoint, options=options))
@@ -134,8 +143,13 @@ class InferenceBrokerActor(Actor):
         for index in range(config.workers):
             self.nursery.start_soon(self._keep_worker_process, index)
         self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
-        self.log.info("inference broker on %s, workers on %s, events on %s, %d local worker(s)",
-                      self.endpoint, self.worker_endpoint, self.events_endpoint or "off", config.workers)
+        self.log.info(
+            "inference broker on %s, workers on %s, events on %s, %d local worker(s)",
+            self.endpoint,
+            self.worker_endpoint,
+            self.events_endpoint or "off",
+            config.workers,
+        )
 
     async def on_stop(self) -> None:
         await self.server.drain()
@@ -219,8 +233,12 @@ class InferenceBrokerActor(Actor):
             if worker is not None:
                 self._lose(worker, "announced itself again")
             self._workers[identity] = _Worker(identity, message.capacity, message.pid, message.host, now)
-            self.log.info("worker %s ready, capacity %d, models %s", identity.decode(errors="replace"),
-                          message.capacity, ", ".join(message.models))
+            self.log.info(
+                "worker %s ready, capacity %d, models %s",
+                identity.decode(errors="replace"),
+                message.capacity,
+                ", ".join(message.models),
+            )
             self._wake.set()
             return
         if worker is None:
@@ -256,8 +274,10 @@ class InferenceBrokerActor(Actor):
         for task in reversed(tasks):
             if task.attempts >= 2:
                 self.stats["lost_twice"] += 1
-                message = (f"inference worker lost while running the task ({reason}); "
-                           "it had already been retried once on another worker")
+                message = (
+                    f"inference worker lost while running the task ({reason}); "
+                    "it had already been retried once on another worker"
+                )
                 self._finish(task, failure_reply(message, task.request), failed=True)
             else:
                 self.stats["retried"] += 1
@@ -300,8 +320,17 @@ class InferenceBrokerActor(Actor):
             heartbeat_liveness=config.heartbeat_liveness,
             events_topic=config.events_topic,
         )
-        command = [sys.executable, "-m", "switchyard.services.inference.worker", "--config", "-",
-                   "--name", f"{self.name}.w{index}", "--parent-pid", str(os.getpid())]
+        command = [
+            sys.executable,
+            "-m",
+            "switchyard.services.inference.worker",
+            "--config",
+            "-",
+            "--name",
+            f"{self.name}.w{index}",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         return command, json.dumps(attrs.asdict(worker)).encode(), prefix
 
     async def _keep_worker_process(self, index: int) -> None:
@@ -315,8 +344,13 @@ class InferenceBrokerActor(Actor):
             self.processes.pop(index, None)
             for worker in [w for i, w in self._workers.items() if i.startswith(prefix.encode() + b"-")]:
                 self._lose(worker, f"its process {process.pid} exited with {code}")
-            self.log.warning("local worker %d (pid %d) exited with %s; restarting in %g s",
-                             index, process.pid, code, self.config.restart_delay)
+            self.log.warning(
+                "local worker %d (pid %d) exited with %s; restarting in %g s",
+                index,
+                process.pid,
+                code,
+                self.config.restart_delay,
+            )
             await trio.sleep(self.config.restart_delay)
 
     # -- status ----------------------------------------------------------------------------
@@ -332,8 +366,15 @@ class InferenceBrokerActor(Actor):
             "events_endpoint": self.events_endpoint,
             "pending": len(self._pending),
             "workers": [
-                {"identity": w.identity.decode(errors="replace"), "pid": w.pid, "host": w.host,
-                 "capacity": w.capacity, "in_flight": len(w.in_flight), "served": w.served, "draining": w.draining}
+                {
+                    "identity": w.identity.decode(errors="replace"),
+                    "pid": w.pid,
+                    "host": w.host,
+                    "capacity": w.capacity,
+                    "in_flight": len(w.in_flight),
+                    "served": w.served,
+                    "draining": w.draining,
+                }
                 for w in self._workers.values()
             ],
             "processes": {index: p.pid for index, p in self.processes.items()},

@@ -31,6 +31,7 @@ import numpy as np
 import trio
 import zmq
 
+from switchyard.services.inference.binary import encode_binary_reply, parse_binary_request
 from switchyard.services.inference.models import (
     LoadedModel,
     ModelConfig,
@@ -50,7 +51,6 @@ from switchyard.services.inference.protocol import (
     sniff_task_id,
     task_event,
 )
-from switchyard.services.inference.binary import encode_binary_reply, parse_binary_request
 from switchyard.services.inference.tensors import TensorError, decode_rows
 
 __all__ = ["Batcher", "EngineConfig", "InferenceEngine", "Served"]
@@ -179,7 +179,7 @@ class Batcher:
         finally:
             self._limiter.release_on_behalf_of(token)
         self.batches += 1
-        for item, (results, error) in zip(batch, outcomes):
+        for item, (results, error) in zip(batch, outcomes, strict=False):
             self.rows += len(item.rows)
             item.results, item.error = results, error
             item.done.set()

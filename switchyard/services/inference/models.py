@@ -165,7 +165,7 @@ class LoadedModel:
     def check_sample_shape(self, shape: tuple[int, ...]) -> None:
         """Raise :class:`TensorError` unless ``shape`` fits the graph's input (minus batch)."""
         dims = self.sample_dims
-        if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+        if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=False)):
             raise TensorError(
                 f"input shape {list(shape)} does not fit model {self.name!r} input {self.describe_input()}"
             )
@@ -204,7 +204,7 @@ class LoadedModel:
         if self.config.postprocess == "raw":
             rows = len(outputs[0])
             return [
-                {"outputs": {name: out[i].tolist() for name, out in zip(self.output_names, outputs)}}
+                {"outputs": {name: out[i].tolist() for name, out in zip(self.output_names, outputs, strict=False)}}
                 for i in range(rows)
             ]
         scores = np.asarray(outputs[self.output_index], dtype=np.float64)
@@ -223,7 +223,7 @@ class LoadedModel:
                 "class_index": i,
                 "confidence": round(c, 6),
             }
-            for i, c in zip(best.tolist(), confidence.tolist())
+            for i, c in zip(best.tolist(), confidence.tolist(), strict=False)
         ]
 
 

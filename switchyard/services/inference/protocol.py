@@ -331,10 +331,10 @@ _stamp_cache: list[Any] = [None, ""]
 def _utc_stamp(now: _dt.datetime | None) -> str:
     """``2025-01-09T10:05:00Z``; formatted once per second (this runs for every task)."""
     if now is not None:
-        return now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return now.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     second = int(time.time())
     if _stamp_cache[0] != second:
-        moment = _dt.datetime.fromtimestamp(second, _dt.timezone.utc)
+        moment = _dt.datetime.fromtimestamp(second, _dt.UTC)
         _stamp_cache[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%SZ")]
     return _stamp_cache[1]
 

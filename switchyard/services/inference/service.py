@@ -25,11 +25,11 @@ from typing import Any
 
 import attrs
 
+from switchyard.protocols.codec import CodecError, msgpack_codec
+from switchyard.runtime import Actor
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
-from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
-from switchyard.runtime import Actor
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
 __all__ = [
@@ -152,7 +152,9 @@ class InferenceActor(Actor):
         self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
         self.log.info(
             "inference serving %s on %s (events on %s; task types: %s)",
-            ", ".join(self.engine.registry.names), self.endpoint, self.events_endpoint or "off",
+            ", ".join(self.engine.registry.names),
+            self.endpoint,
+            self.events_endpoint or "off",
             ", ".join(self.engine.registry.task_types),
         )
 

@@ -153,8 +153,7 @@ def decode_rows(data: bytes | bytearray | memoryview, spec: InputSpec, rows: int
     if rows is None:
         if size == 0 or size % per:
             raise TensorError(
-                f"input has {size} bytes, not a whole number of samples of {per} bytes "
-                f"({spec.describe()})"
+                f"input has {size} bytes, not a whole number of samples of {per} bytes ({spec.describe()})"
             )
         rows = size // per
     elif size != rows * per:

@@ -32,6 +32,7 @@ import attrs
 import trio
 import zmq
 
+from switchyard.runtime import Actor
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine
 from switchyard.services.inference.protocol import encode_event
 from switchyard.services.inference.worker_protocol import (
@@ -45,7 +46,6 @@ from switchyard.services.inference.worker_protocol import (
     encode_ready,
     parse_from_broker,
 )
-from switchyard.runtime import Actor
 from switchyard.transports.zmq import SocketOptions, ZmqSocket, open_socket
 
 __all__ = ["InferenceWorkerActor", "InferenceWorkerConfig", "main"]
@@ -133,8 +133,9 @@ class InferenceWorkerActor(Actor):
                 self._sock = None
             if self._stopping:
                 return
-            self.log.warning("broker %s silent for %d heartbeats; reconnecting",
-                             config.broker_endpoint, config.heartbeat_liveness)
+            self.log.warning(
+                "broker %s silent for %d heartbeats; reconnecting", config.broker_endpoint, config.heartbeat_liveness
+            )
 
     async def _heartbeat(self, sock: ZmqSocket) -> None:
         while True:
@@ -202,8 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON config file, or - for stdin")
     parser.add_argument("--name", default="inference_worker")
     parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--parent-pid", type=int, default=0,
-                        help="stop (gracefully) when this process is no longer our parent")
+    parser.add_argument(
+        "--parent-pid", type=int, default=0, help="stop (gracefully) when this process is no longer our parent"
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -246,7 +248,7 @@ async def _run(app: Any, parent_pid: int) -> None:
 
 async def _exit_with_parent(parent_pid: int, scope: trio.CancelScope) -> None:
     """A broker's local worker must not outlive it (e.g. when the broker is SIGKILLed)."""
-    while os.getppid() == parent_pid:
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - nothing to wait on: polling the parent pid is the way
         await trio.sleep(0.5)
     logging.getLogger("switchyard.inference.worker").warning("parent %d is gone; stopping", parent_pid)
     scope.cancel()

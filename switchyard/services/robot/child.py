@@ -46,8 +46,9 @@ import zmq
 PUSH_TIMEOUT = 5.0
 SUBSCRIBE_TIMEOUT = 10.0
 PARENT_CHECK_MS = 1000
-RESERVED_EVENTS = frozenset({"callback", "connect", "connect_error", "disconnect", "disconnecting",
-                             "newListener", "removeListener"})
+RESERVED_EVENTS = frozenset(
+    {"callback", "connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 
 
 def to_json_safe(value: Any, _depth: int = 0) -> Any:
@@ -98,7 +99,8 @@ def _user_traceback(exc: BaseException) -> str:
     """The traceback without this file's frames: what the project's author needs."""
     summary = traceback.TracebackException.from_exception(exc)
     summary.stack = traceback.StackSummary.from_list(
-        [frame for frame in summary.stack if frame.filename != __file__][-20:])
+        [frame for frame in summary.stack if frame.filename != __file__][-20:]
+    )
     return "".join(summary.format())
 
 
@@ -121,8 +123,12 @@ class Pusher:
                 self._sock.send(body)
             except zmq.Again:
                 self.dropped += 1
-                print(f"[robot worker] push_message({event!r}) dropped: the server did not take it "
-                      f"within {PUSH_TIMEOUT:g} s ({self.dropped} dropped so far)", file=sys.stderr, flush=True)
+                print(
+                    f"[robot worker] push_message({event!r}) dropped: the server did not take it "
+                    f"within {PUSH_TIMEOUT:g} s ({self.dropped} dropped so far)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return False
         return True
 

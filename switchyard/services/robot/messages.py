@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["RobotRequest", "Push", "ack", "COMMANDS", "WORKER_CRASHED"]
+__all__ = ["COMMANDS", "WORKER_CRASHED", "Push", "RobotRequest", "ack"]
 
 COMMANDS = ("update", "start", "process", "stop")
 WORKER_CRASHED = "worker_crashed"

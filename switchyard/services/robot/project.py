@@ -41,15 +41,15 @@ from pathlib import Path, PurePosixPath
 import attrs
 
 __all__ = [
-    "ZipLimits",
-    "ProjectRejected",
-    "ProjectPlan",
     "InstallResult",
+    "ProjectPlan",
+    "ProjectRejected",
+    "ZipLimits",
+    "current_project",
+    "ensure_current",
+    "ensure_layout",
     "inspect_zip",
     "install_zip",
-    "ensure_layout",
-    "ensure_current",
-    "current_project",
     "shipped_default",
 ]
 
@@ -150,7 +150,7 @@ def inspect_zip(data: bytes, limits: ZipLimits) -> ProjectPlan:
             )
         files.append((info, path))
     prefix = _project_prefix(seen)
-    stripped = tuple((info, path[len(prefix):]) for info, path in files)
+    stripped = tuple((info, path[len(prefix) :]) for info, path in files)
     return ProjectPlan(stripped, prefix, total, "requirements.txt" in {p for _, p in stripped})
 
 
@@ -225,8 +225,9 @@ def shipped_default() -> Path:
 
 
 def _copy_project(source: Path, dest: Path) -> None:
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc"),
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        source, dest, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc"), dirs_exist_ok=True
+    )
 
 
 def _has_files(path: Path) -> bool:

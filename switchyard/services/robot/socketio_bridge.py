@@ -24,12 +24,12 @@ from typing import Any
 import attrs
 import trio
 
-from switchyard.services.robot.messages import Push, RobotRequest, ack
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.services.robot.messages import Push, RobotRequest, ack
 from switchyard.transports.socketio_engine import DEFAULT_ORIGINS, EngineConfig, SessionEnded
 from switchyard.transports.socketio_server import SocketIOClient, SocketIOConfig, SocketIOServer
 
-__all__ = ["SocketIOBridgeConfig", "SocketIOBridgeActor", "FORWARDED_EVENTS"]
+__all__ = ["FORWARDED_EVENTS", "SocketIOBridgeActor", "SocketIOBridgeConfig"]
 
 FORWARDED_EVENTS = ("update", "start", "process")
 
@@ -62,14 +62,21 @@ class SocketIOBridgeActor(Actor):
         cfg = self.config
         engine = EngineConfig(
             path=cfg.path if cfg.path.endswith("/") else cfg.path + "/",
-            ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-            max_payload=cfg.max_message_size, cors_allowed_origins=tuple(cfg.cors_allowed_origins),
-            allow_polling=cfg.allow_polling, allow_websocket=cfg.allow_websocket,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            max_payload=cfg.max_message_size,
+            cors_allowed_origins=tuple(cfg.cors_allowed_origins),
+            allow_polling=cfg.allow_polling,
+            allow_websocket=cfg.allow_websocket,
             max_sessions=cfg.max_sessions,
         )
         self.server = SocketIOServer(
-            self, SocketIOConfig(host=cfg.host, port=cfg.port, engine=engine, max_clients=cfg.max_clients,
-                                 auth_token=cfg.auth_token), logger=self.log)
+            self,
+            SocketIOConfig(
+                host=cfg.host, port=cfg.port, engine=engine, max_clients=cfg.max_clients, auth_token=cfg.auth_token
+            ),
+            logger=self.log,
+        )
         self.port = await self.nursery.start(self.server.serve)
 
     # -- Socket.IO handler ------------------------------------------------------------

@@ -49,13 +49,13 @@ import attrs
 import trio
 import zmq
 
-from switchyard.services.robot import project as robot_project
-from switchyard.services.robot.messages import COMMANDS, WORKER_CRASHED, Push, RobotRequest, ack
 from switchyard.protocols.codec import CodecError, json_codec
 from switchyard.runtime import Actor, ActorNotFound, ActorStopped
+from switchyard.services.robot import project as robot_project
+from switchyard.services.robot.messages import COMMANDS, WORKER_CRASHED, Push, RobotRequest, ack
 from switchyard.transports.zmq import SocketOptions, ZmqSocket, open_socket
 
-__all__ = ["RobotWorkerConfig", "RobotWorkerActor", "CHILD_SCRIPT"]
+__all__ = ["CHILD_SCRIPT", "RobotWorkerActor", "RobotWorkerConfig"]
 
 CHILD_SCRIPT = str(Path(__file__).with_name("child.py"))
 
@@ -119,8 +119,10 @@ class RobotWorkerActor(Actor):
         cfg = self.config
         self.projects = Path(cfg.storage_root).absolute() / "projects"
         self.limits = robot_project.ZipLimits(
-            max_zip_bytes=cfg.max_zip_bytes, max_entries=cfg.max_zip_entries,
-            max_total_bytes=cfg.max_unpacked_bytes, max_ratio=cfg.max_compression_ratio,
+            max_zip_bytes=cfg.max_zip_bytes,
+            max_entries=cfg.max_zip_entries,
+            max_total_bytes=cfg.max_unpacked_bytes,
+            max_ratio=cfg.max_compression_ratio,
         )
         await trio.to_thread.run_sync(robot_project.ensure_layout, self.projects)
         if cfg.ipc_dir:
@@ -129,8 +131,9 @@ class RobotWorkerActor(Actor):
         else:
             self.ipc_dir = await self.enter(_private_dir())
         self.pub_endpoint = f"ipc://{self.ipc_dir}/callbacks.sock"
-        self._sub = await self.enter(open_socket(
-            zmq.SUB, bind=self.pub_endpoint, options=SocketOptions(subscribe=(b"",), rcvhwm=10_000)))
+        self._sub = await self.enter(
+            open_socket(zmq.SUB, bind=self.pub_endpoint, options=SocketOptions(subscribe=(b"",), rcvhwm=10_000))
+        )
         self._lock = trio.Lock()
         self._worker: _Process | None = None
         self._generation = 0
@@ -141,8 +144,11 @@ class RobotWorkerActor(Actor):
         self.nursery.start_soon(self._callback_loop)
         async with self._lock:
             await self._spawn()
-        self.log.info("robot worker ready: projects in %s, process pid %d", self.projects,
-                      self._worker.process.pid if self._worker else -1)
+        self.log.info(
+            "robot worker ready: projects in %s, process pid %d",
+            self.projects,
+            self._worker.process.pid if self._worker else -1,
+        )
 
     async def handle(self, message: Any) -> Any:
         if not isinstance(message, RobotRequest):
@@ -164,8 +170,9 @@ class RobotWorkerActor(Actor):
         if isinstance(blob, str):
             approx = len(blob) * 3 // 4
             if approx > self.limits.max_zip_bytes + 3:
-                return ack("error", f"project rejected: ZIP is about {approx} bytes; the limit is "
-                                    f"{self.limits.max_zip_bytes}")
+                return ack(
+                    "error", f"project rejected: ZIP is about {approx} bytes; the limit is {self.limits.max_zip_bytes}"
+                )
             try:
                 blob = await trio.to_thread.run_sync(_decode_base64, blob)
             except ValueError as exc:
@@ -175,7 +182,8 @@ class RobotWorkerActor(Actor):
         async with self._lock:
             try:
                 result = await trio.to_thread.run_sync(
-                    robot_project.install_zip, self.projects, bytes(blob), self.limits)
+                    robot_project.install_zip, self.projects, bytes(blob), self.limits
+                )
             except robot_project.ProjectRejected as exc:
                 self.log.info("project upload rejected: %s", exc)
                 return ack("error", f"project rejected: {exc}")
@@ -183,8 +191,12 @@ class RobotWorkerActor(Actor):
                 self.log.error("project install failed: %s", exc)
                 return ack("error", f"project could not be installed: {exc}")
             await self._replace_process("project updated")
-        data = {"files": result.files, "bytes": result.total_bytes, "top_folder": result.prefix.rstrip("/"),
-                "requirements_txt": result.has_requirements}
+        data = {
+            "files": result.files,
+            "bytes": result.total_bytes,
+            "top_folder": result.prefix.rstrip("/"),
+            "requirements_txt": result.has_requirements,
+        }
         message = "Project updated; worker restarted"
         if result.has_requirements:
             message += " (requirements.txt is not installed by the server)"
@@ -210,27 +222,36 @@ class RobotWorkerActor(Actor):
                 await self._replace_process("the previous process is gone")
             worker = self._worker
             assert worker is not None
-            outcome = await self._call(worker, {"command": command, "data": data, "params": params},
-                                       self.config.max_execution_time)
+            outcome = await self._call(
+                worker, {"command": command, "data": data, "params": params}, self.config.max_execution_time
+            )
             if outcome.reply is not None:
                 if command != "stop" and outcome.reply["status"] == "success":
                     worker.loaded = True
                 return outcome.reply
             what = _describe_call(command, params)
             if outcome.timed_out:
-                self.log.warning("%s exceeded max_execution_time (%g s): killing the worker process", what,
-                                 self.config.max_execution_time)
+                self.log.warning(
+                    "%s exceeded max_execution_time (%g s): killing the worker process",
+                    what,
+                    self.config.max_execution_time,
+                )
                 await self._replace_process("max_execution_time exceeded")
-                return ack("error", f"{what} exceeded max_execution_time ({self.config.max_execution_time:g} s); "
-                                    "the worker process was killed and restarted (loaded state is lost)",
-                           {"error_type": "TimeoutError"})
+                return ack(
+                    "error",
+                    f"{what} exceeded max_execution_time ({self.config.max_execution_time:g} s); "
+                    "the worker process was killed and restarted (loaded state is lost)",
+                    {"error_type": "TimeoutError"},
+                )
             code = worker.process.returncode
             self.crashes += 1
             self.log.error("worker process crashed during %s (exit code %s); restarting", what, code)
             await self._replace_process("crashed")
-            return ack("error", f"the worker process crashed during {what} (exit code {code}); "
-                                "it was restarted (loaded state is lost)",
-                       {"error_type": "WorkerCrashed", "exit_code": code})
+            return ack(
+                "error",
+                f"the worker process crashed during {what} (exit code {code}); it was restarted (loaded state is lost)",
+                {"error_type": "WorkerCrashed", "exit_code": code},
+            )
 
     async def _call(self, worker: _Process, request: dict[str, Any], timeout: float) -> _Outcome:
         body = json_codec.encode(request)
@@ -271,15 +292,17 @@ class RobotWorkerActor(Actor):
         project = robot_project.current_project(self.projects)
         self._worker = await self.nursery.start(self._run_process, number, endpoint, project)
 
-    async def _run_process(self, number: int, endpoint: str, project: Path, *,
-                           task_status: trio.TaskStatus[_Process]) -> None:
+    async def _run_process(
+        self, number: int, endpoint: str, project: Path, *, task_status: trio.TaskStatus[_Process]
+    ) -> None:
         python = self.config.python or sys.executable
         argv = [python, "-P", CHILD_SCRIPT, endpoint, self.pub_endpoint, str(project)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with open_socket(zmq.REQ, bind=endpoint, options=SocketOptions(linger_ms=0)) as req:
             async with trio.open_nursery() as nursery:
-                process = await nursery.start(partial(
-                    trio.run_process, argv, check=False, stdin=subprocess.DEVNULL, cwd=str(project), env=env))
+                process = await nursery.start(
+                    partial(trio.run_process, argv, check=False, stdin=subprocess.DEVNULL, cwd=str(project), env=env)
+                )
                 worker = _Process(number, process, req, endpoint)
                 nursery.start_soon(_watch_exit, worker)
                 outcome = await self._call(worker, {"command": "ping"}, self.config.start_timeout)
@@ -287,8 +310,9 @@ class RobotWorkerActor(Actor):
                     worker.expected_exit = True
                     process.kill()
                     why = "timed out" if outcome.timed_out else f"exited with code {process.returncode}"
-                    raise WorkerStartError(f"worker process {why} before answering (after "
-                                           f"{self.config.start_timeout:g} s at most)")
+                    raise WorkerStartError(
+                        f"worker process {why} before answering (after {self.config.start_timeout:g} s at most)"
+                    )
                 self.log.debug("worker process %d (pid %d) ready for %s", number, process.pid, project)
                 task_status.started(worker)
         _unlink_ipc(endpoint)
@@ -313,11 +337,19 @@ class RobotWorkerActor(Actor):
     async def _after_crash(self, worker: _Process) -> None:
         code = worker.process.returncode
         self.crashes += 1
-        self.log.error("worker process %d (pid %d) died (exit code %s); restarting", worker.number,
-                       worker.process.pid, code)
-        await self._notify(Push(WORKER_CRASHED, ack(
-            "error", f"the worker process died (exit code {code}) and was restarted; loaded state is lost",
-            {"exit_code": code})))
+        self.log.error(
+            "worker process %d (pid %d) died (exit code %s); restarting", worker.number, worker.process.pid, code
+        )
+        await self._notify(
+            Push(
+                WORKER_CRASHED,
+                ack(
+                    "error",
+                    f"the worker process died (exit code {code}) and was restarted; loaded state is lost",
+                    {"exit_code": code},
+                ),
+            )
+        )
         async with self._lock:
             if self._worker is worker:
                 await self._replace_process("crashed between calls")
@@ -371,7 +403,7 @@ def _decode_base64(text: str) -> bytes:
         comma = text.find(",")
         if comma < 0 or ";base64" not in text[:comma]:
             raise ValueError("a data: URL must be base64 encoded")
-        text = text[comma + 1:]
+        text = text[comma + 1 :]
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -383,4 +415,3 @@ def _describe_call(command: str, params: Any) -> str:
         name = ".".join(str(p) for p in (params.get("object"), params.get("method")) if p)
         return f"process {name}()" if name else "process"
     return command
-

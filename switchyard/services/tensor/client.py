@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from switchyard.services.tensor.file_client import SessionVerbs
+from switchyard.services.tensor.file_session import SessionError
 from switchyard.services.tensor.protocol import (
     Done,
     Response,
@@ -38,8 +40,6 @@ from switchyard.services.tensor.protocol import (
     split_tags,
 )
 from switchyard.services.tensor.tsr import TSRError
-from switchyard.services.tensor.file_session import SessionError
-from switchyard.services.tensor.file_client import SessionVerbs
 
 __all__ = ["TensorSessionClient"]
 
@@ -47,8 +47,9 @@ __all__ = ["TensorSessionClient"]
 class TensorSessionClient(SessionVerbs):
     """One DEALER connection to a tensor session actor."""
 
-    def __init__(self, endpoint: str, *, session_id: str = "zmq", context: zmq.Context | None = None,
-                 linger_ms: int = 0) -> None:
+    def __init__(
+        self, endpoint: str, *, session_id: str = "zmq", context: zmq.Context | None = None, linger_ms: int = 0
+    ) -> None:
         self.endpoint = endpoint
         self.session_id = session_id
         self._context = context or zmq.Context.instance()

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 import switchyard
-from switchyard.services.tensor.protocol import extract_params, split_tags
 from switchyard.services.tensor.file_session import (
     ENV_ROOT,
     EXIT_FLAG,
@@ -40,6 +39,7 @@ from switchyard.services.tensor.file_session import (
     SessionError,
     session_dir,
 )
+from switchyard.services.tensor.protocol import extract_params, split_tags
 from switchyard.services.tensor.tsr_file import load_tsr, save_tsr
 
 __all__ = ["DEFAULT_SCRIPT", "PythonSession", "SessionVerbs"]
@@ -104,7 +104,7 @@ class SessionVerbs:
     def calculate(self, cmd: str, *tensors: Any, timeout: float = 10.0) -> np.ndarray:
         """Send ``tensors`` as ``a``, ``b``, ``c``, ... and run ``cmd`` on them (one result)."""
         tags = [chr(ord("a") + i) for i in range(len(tensors))]
-        for tag, tensor in zip(tags, tensors):
+        for tag, tensor in zip(tags, tensors, strict=False):
             self.send_tensor(tensor, tag)
         return self.fetch_tensor({"cmd": cmd, "params": ",".join(tags)}, timeout)
 

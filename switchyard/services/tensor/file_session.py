@@ -71,8 +71,8 @@ from switchyard.services.tensor.protocol import (
     split_tags,
 )
 from switchyard.services.tensor.tsr import DTYPE_CODES
-from switchyard.transports.file_watch import DirectoryWatcher, watch_directory
 from switchyard.services.tensor.tsr_file import DEFAULT_MMAP_THRESHOLD, load_tsr, save_tsr
+from switchyard.transports.file_watch import DirectoryWatcher, watch_directory
 
 __all__ = [
     "ENV_ROOT",
@@ -266,7 +266,7 @@ class TensorSessionServer:
             raise ValueError("send_tensors() needs at least one tensor")
         call = _current_call("send_tensors")
         tags = result_tags(len(tensors))
-        for tag, tensor in zip(tags, tensors):
+        for tag, tensor in zip(tags, tensors, strict=False):
             call.exchange.store(tag, _storable(_as_numpy(tensor)))
         call.exchange.respond("", ",".join(tags))
 
@@ -382,8 +382,9 @@ class _FileExchange:
 
     def load(self, tag: str) -> np.ndarray:
         server = self.session.server
-        return load_tsr(self._path(tag), unlink=True, mmap_threshold=server.mmap_threshold,
-                        max_size=server.max_tensor_bytes)
+        return load_tsr(
+            self._path(tag), unlink=True, mmap_threshold=server.mmap_threshold, max_size=server.max_tensor_bytes
+        )
 
     def store(self, tag: str, array: np.ndarray) -> None:
         save_tsr(self._path(tag), array)
@@ -621,15 +622,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve a Tech Renaissance PythonSession directory (tr_session_<id>).",
     )
     parser.add_argument("session_id")
-    parser.add_argument("--root", help=f"directory holding tr_session_<id> (default: ${ENV_ROOT}, "
-                        "else <project>/workspace/python_session for a script in <project>/python/module/, "
-                        "else ./workspace/python_session)")
+    parser.add_argument(
+        "--root",
+        help=f"directory holding tr_session_<id> (default: ${ENV_ROOT}, "
+        "else <project>/workspace/python_session for a script in <project>/python/module/, "
+        "else ./workspace/python_session)",
+    )
     parser.add_argument("--server", help="module:Class of a TensorSessionServer subclass to run")
     parser.add_argument("--poll", action="store_true", help="poll instead of using inotify")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         cls = load_server_class(args.server or "")
     except (ImportError, ValueError) as exc:

@@ -53,8 +53,8 @@ __all__ = [
     "extract_params",
     "failed_command_status",
     "parse_request",
-    "request_id_of",
     "render_response",
+    "request_id_of",
     "result_tags",
     "split_tags",
 ]
@@ -123,7 +123,7 @@ def render_response(cmd: str, params: str) -> bytes:
     (value up to the next quote not preceded by a backslash) then always finds the
     end of the value, and plain text reaches it unchanged.
     """
-    return f'{{"cmd": {_scan_safe(cmd)}, "params": {_scan_safe(params)}}}'.encode("utf-8")
+    return f'{{"cmd": {_scan_safe(cmd)}, "params": {_scan_safe(params)}}}'.encode()
 
 
 def _scan_safe(text: str) -> str:
@@ -268,7 +268,9 @@ def _tensors(body: Mapping[str, Any], frames: Sequence[Any], max_tensors: int) -
     if not all(isinstance(tag, str) for tag in tags):
         raise SessionProtocolError('"tensors" must list tag strings')
     if len(frames) != 2 * len(tags):
-        raise SessionProtocolError(f"{len(tags)} tensors need {2 * len(tags)} frames after the header, got {len(frames)}")
+        raise SessionProtocolError(
+            f"{len(tags)} tensors need {2 * len(tags)} frames after the header, got {len(frames)}"
+        )
     out = []
     for i, tag in enumerate(tags):
         try:
@@ -283,7 +285,9 @@ def _buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
 
 
-def decode_request(frames: Sequence[Any], *, max_tensors: int = MAX_TENSORS) -> tuple[int, Request, tuple[tuple[str, np.ndarray], ...]]:
+def decode_request(
+    frames: Sequence[Any], *, max_tensors: int = MAX_TENSORS
+) -> tuple[int, Request, tuple[tuple[str, np.ndarray], ...]]:
     """``(id, request, tensors)`` from a request's frames; arrays view the frames' memory."""
     if not frames:
         raise SessionProtocolError("empty message")

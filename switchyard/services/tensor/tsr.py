@@ -117,8 +117,19 @@ class TSRHeader:
         """The 64 header bytes."""
         n, c, h, w = self.dims
         return _STRUCT.pack(
-            MAGIC, VERSION, HEADER_SIZE, 0, self.code, self.ndim, n, c, h, w,
-            self.total_elements, 0, 0,
+            MAGIC,
+            VERSION,
+            HEADER_SIZE,
+            0,
+            self.code,
+            self.ndim,
+            n,
+            c,
+            h,
+            w,
+            self.total_elements,
+            0,
+            0,
         )
 
 
@@ -159,8 +170,9 @@ def parse_header(buf: Any) -> TSRHeader:
         raise TSRError("length", f"not a contiguous bytes-like object: {exc}") from None
     if len(view) < HEADER_SIZE:
         raise TSRError("length", f"{len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    (magic, version, header_size, reserved0, code, ndim, n, c, h, w,
-     total, reserved1, reserved2) = _STRUCT.unpack_from(view)
+    (magic, version, header_size, reserved0, code, ndim, n, c, h, w, total, reserved1, reserved2) = _STRUCT.unpack_from(
+        view
+    )
     if magic != MAGIC:
         raise TSRError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
     if version != VERSION:
@@ -179,7 +191,7 @@ def parse_header(buf: Any) -> TSRHeader:
         raise TSRError("dims", f"negative dimension in {dims}")
     if any(d != 1 for d in dims[: MAX_NDIM - ndim]):
         raise TSRError("dims", f"{dims} with ndim {ndim}: the {MAX_NDIM - ndim} leading dims must be 1")
-    shape = dims[MAX_NDIM - ndim:]
+    shape = dims[MAX_NDIM - ndim :]
     expected = 1
     for d in shape:
         expected *= d

@@ -32,6 +32,8 @@ import attrs
 import numpy as np
 import trio
 
+from switchyard.runtime import Actor
+from switchyard.services.tensor.file_session import SessionError, load_server_class
 from switchyard.services.tensor.protocol import (
     MAX_TENSORS,
     Done,
@@ -43,8 +45,6 @@ from switchyard.services.tensor.protocol import (
     error_status,
     request_id_of,
 )
-from switchyard.runtime import Actor
-from switchyard.services.tensor.file_session import SessionError, load_server_class
 from switchyard.transports.zmq_bridges import EndpointConfig, RouterStreamServer
 
 __all__ = ["TensorCommand", "TensorReply", "TensorSessionActor", "TensorSessionConfig"]
@@ -138,7 +138,7 @@ class TensorSessionActor(Actor):
         self.handler.session_id = self.name
         self._limiter = trio.CapacityLimiter(max(1, config.parallel))
         if config.endpoint.startswith("ipc://"):
-            Path(config.endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(config.endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
         self.server = RouterStreamServer(
             EndpointConfig.from_config(config),
             self._serve,
@@ -176,8 +176,10 @@ class TensorSessionActor(Actor):
 
     @staticmethod
     def _error_reply(exc: BaseException, frames: Any) -> list[Any]:
-        return encode_done(request_id_of(frames) if isinstance(frames, list) and frames else None,
-                           error_status(str(exc) or type(exc).__name__))
+        return encode_done(
+            request_id_of(frames) if isinstance(frames, list) and frames else None,
+            error_status(str(exc) or type(exc).__name__),
+        )
 
     async def handle(self, message: Any) -> TensorReply:
         """Run a :class:`TensorCommand` in process (no socket); answer a TensorReply."""

@@ -208,7 +208,9 @@ def _unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
 
 
 @asynccontextmanager
-async def open_listener(address: IpcAddress, backlog: int = 128) -> AsyncIterator[tuple[trio.SocketListener, IpcAddress]]:
+async def open_listener(
+    address: IpcAddress, backlog: int = 128
+) -> AsyncIterator[tuple[trio.SocketListener, IpcAddress]]:
     """Listen on ``address``; yields the listener and the bound address (real TCP port).
 
     Unix socket files are handled as the module docstring says. The listener is

@@ -103,7 +103,7 @@ class _HandshakeFailed(Exception):
 
 
 class _Pending:
-    __slots__ = ("method", "id", "conn", "timeout", "deadline", "event", "value", "error")
+    __slots__ = ("conn", "deadline", "error", "event", "id", "method", "timeout", "value")
 
     def __init__(self, method: str, id: str, conn: _Conn, timeout: float, deadline: float) -> None:
         self.method = method
@@ -372,7 +372,9 @@ class SocketClient:
                         self._stats["failed_connects"] += 1
                         limit = max_retries if first else self.max_reconnect_attempts
                         if limit and failures >= limit:
-                            self.log.warning("could not connect to %s after %d attempts: %s", self.address, failures, exc)
+                            self.log.warning(
+                                "could not connect to %s after %d attempts: %s", self.address, failures, exc
+                            )
                             if first:
                                 first = False
                                 task_status.started(False)
@@ -538,7 +540,9 @@ class SocketClient:
                 pass
         else:  # a request: clients serve none
             try:
-                await conn.framed.send(message.reply_error(ERR_UNKNOWN_METHOD, "this peer is a client and serves no requests"))
+                await conn.framed.send(
+                    message.reply_error(ERR_UNKNOWN_METHOD, "this peer is a client and serves no requests")
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -600,7 +604,9 @@ class SocketClient:
         pending = conn.pending[id] = _Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
         framed = conn.framed
         try:
-            await framed.send_frame(encode_frame(Message(Kind.REQUEST, id, method, data), framed.codec, self.max_frame_size))
+            await framed.send_frame(
+                encode_frame(Message(Kind.REQUEST, id, method, data), framed.codec, self.max_frame_size)
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.pending.pop(id, None)
             self._stats["connection_lost"] += 1

@@ -43,7 +43,7 @@ class _SendGate:
     Take it with ``if gate.busy: await gate.wait_turn() else: gate.busy = True``.
     """
 
-    __slots__ = ("busy", "_lot")
+    __slots__ = ("_lot", "busy")
 
     def __init__(self) -> None:
         self.busy = False
@@ -65,9 +65,7 @@ class _SendGate:
 class FramedConnection:
     """A stream plus the IPC framing state of one connection."""
 
-    def __init__(
-        self, stream: trio.SocketStream, *, codec: Codec | None, max_frame_size: int, label: str
-    ) -> None:
+    def __init__(self, stream: trio.SocketStream, *, codec: Codec | None, max_frame_size: int, label: str) -> None:
         self.stream = stream
         self.label = label
         self.max_frame_size = max_frame_size

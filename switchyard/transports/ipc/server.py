@@ -57,7 +57,6 @@ import attrs
 import trio
 
 from switchyard.protocols.codec import Codec, CodecError
-from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.protocols.ipc import (
     ERR_BAD_MESSAGE,
     ERR_CANCELLED,
@@ -70,6 +69,7 @@ from switchyard.protocols.ipc import (
     error_for,
 )
 from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, FrameTooLarge, encode_frame
+from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.transports.ipc.address import (
     IpcAddress,
     default_socket_dir,
@@ -174,7 +174,7 @@ class _Connection:
 class _Job:
     """A reading task's cancel scope, and the request it finishes after a hand-off."""
 
-    __slots__ = ("scope", "message", "handed_off")
+    __slots__ = ("handed_off", "message", "scope")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
@@ -422,7 +422,11 @@ class SocketServer:
             message = job.message
             if job.scope.cancelled_caught and message is not None:
                 if message.kind is Kind.REQUEST:
-                    why = (ERR_SHUTTING_DOWN, "server is shutting down") if self._draining else (ERR_CANCELLED, "cancelled by the client")
+                    why = (
+                        (ERR_SHUTTING_DOWN, "server is shutting down")
+                        if self._draining
+                        else (ERR_CANCELLED, "cancelled by the client")
+                    )
                     await self._send(conn, message.reply_error(*why))
                 if not job.handed_off:
                     continue  # the handler ran in the reading task: read on
@@ -525,7 +529,8 @@ class SocketServer:
         self._counters["errors"] += 1
         known = ", ".join(self.methods) or "(none)"
         await self._send(
-            conn, Message.error(message.id, method, ERR_UNKNOWN_METHOD, f"unknown method {method!r}; known: {known}"[:500])
+            conn,
+            Message.error(message.id, method, ERR_UNKNOWN_METHOD, f"unknown method {method!r}; known: {known}"[:500]),
         )
 
     async def _duplicate(self, conn: _Connection, message: Message) -> None:
@@ -623,14 +628,19 @@ class SocketServer:
         if not isinstance(body, dict) or not isinstance(body.get("method"), str):
             self._counters["errors"] += 1
             await self._send(
-                conn, message.reply_error(ERR_BAD_MESSAGE, "ipc.stream needs data {'method': <text>, 'data': <any>, 'window': <int>}")
+                conn,
+                message.reply_error(
+                    ERR_BAD_MESSAGE, "ipc.stream needs data {'method': <text>, 'data': <any>, 'window': <int>}"
+                ),
             )
             return
         method = body["method"]
         window = body.get("window", 16)
         if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 65536:
             self._counters["errors"] += 1
-            await self._send(conn, message.reply_error(ERR_BAD_MESSAGE, "ipc.stream 'window' must be an integer in 1..65536"))
+            await self._send(
+                conn, message.reply_error(ERR_BAD_MESSAGE, "ipc.stream 'window' must be an integer in 1..65536")
+            )
             return
         if self._draining:
             await self._send(conn, message.reply_error(ERR_SHUTTING_DOWN, "server is shutting down"))
@@ -695,7 +705,9 @@ class SocketServer:
                 self._idle.set()
         await self._send(conn, answer)
 
-    async def _stream_items(self, conn: _Connection, message: Message, method: str, handler: Handler, data: Any) -> None:
+    async def _stream_items(
+        self, conn: _Connection, message: Message, method: str, handler: Handler, data: Any
+    ) -> None:
         items = handler(data)
         if inspect.isawaitable(items):
             items = await items
@@ -706,7 +718,9 @@ class SocketServer:
         try:
             async for item in iterator:
                 await credits.acquire()
-                frame = encode_frame(Message(Kind.PUSH, message.id, method, item), conn.framed.codec, self.max_frame_size)
+                frame = encode_frame(
+                    Message(Kind.PUSH, message.id, method, item), conn.framed.codec, self.max_frame_size
+                )
                 # A write cut short by a cancel (client's ipc.cancel, shutdown) would
                 # break the framing for everyone on this connection; finish it first.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.send_timeout):
@@ -751,7 +765,9 @@ class SocketServer:
             self.log.warning("connection %s asked for account %r; this server is %r", conn.id, wanted, self.account_id)
             await self._send(
                 conn,
-                message.reply_error(ERR_ACCOUNT_MISMATCH, f"this server serves account {self.account_id!r}, not {wanted!r}"),
+                message.reply_error(
+                    ERR_ACCOUNT_MISMATCH, f"this server serves account {self.account_id!r}, not {wanted!r}"
+                ),
             )
             conn.framed.close()
             return
@@ -793,7 +809,9 @@ class SocketServer:
             try:
                 targets = [self._conns[conn_id]]
             except KeyError:
-                raise LookupError(f"no connection {conn_id!r}; connected: {', '.join(self._conns) or '(none)'}") from None
+                raise LookupError(
+                    f"no connection {conn_id!r}; connected: {', '.join(self._conns) or '(none)'}"
+                ) from None
         else:
             targets = list(self._conns.values())
         message = Message.push(method, data)
@@ -853,4 +871,3 @@ class SocketServer:
             "in_flight": in_flight,
             "methods": {name: stats.snapshot() for name, stats in sorted(self._method_stats.items())},
         }
-

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 
-__all__ = ["BackendError", "ConvertSink", "Emit", "AiBackend", "open_backend", "BACKENDS"]
+__all__ = ["BACKENDS", "AiBackend", "BackendError", "ConvertSink", "Emit", "open_backend"]
 
 
 class BackendError(Exception):
@@ -57,7 +57,9 @@ BACKENDS = ("local", "openai")
 
 
 @asynccontextmanager
-async def open_backend(kind: str, *, local: object, openai: object, context: Callable[[], str] | None = None) -> AsyncIterator[AiBackend]:
+async def open_backend(
+    kind: str, *, local: object, openai: object, context: Callable[[], str] | None = None
+) -> AsyncIterator[AiBackend]:
     """Open the backend called ``kind`` with its config section.
 
     ``context`` (optional) returns recent text the user committed, for backends whose

@@ -27,10 +27,15 @@ import attrs
 import trio
 
 from switchyard.services.aipara.backends.base import BackendError, ConvertSink, Emit
-from switchyard.services.aipara.backends.pinyin_engine import ConversionInterrupted, PinyinEngine, Sentence, normalize_pinyin
+from switchyard.services.aipara.backends.pinyin_engine import (
+    ConversionInterrupted,
+    PinyinEngine,
+    Sentence,
+    normalize_pinyin,
+)
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 
-__all__ = ["LocalBackendConfig", "LocalBackend", "open_local_backend", "shared_engine"]
+__all__ = ["LocalBackend", "LocalBackendConfig", "open_local_backend", "shared_engine"]
 
 T = TypeVar("T")
 

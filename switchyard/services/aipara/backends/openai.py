@@ -35,7 +35,6 @@ import attrs
 import httpx
 
 from switchyard.services.aipara.backends.base import BackendError, ConvertSink, Emit
-from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 from switchyard.services.aipara.openai_protocol import (
     CandidateLines,
     CompletionError,
@@ -46,8 +45,9 @@ from switchyard.services.aipara.openai_protocol import (
     parse_completion_event,
     render_template,
 )
+from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 
-__all__ = ["OpenAIBackendConfig", "OpenAIBackend", "open_openai_backend"]
+__all__ = ["OpenAIBackend", "OpenAIBackendConfig", "open_openai_backend"]
 
 log = logging.getLogger("switchyard.services.aipara.backends.openai")
 
@@ -129,7 +129,9 @@ class OpenAIBackend:
         try:
             async with self.client.stream("POST", self.url, json=body, headers=headers) as response:
                 if response.status_code != 200:
-                    raise BackendError(f"{self.url} answered HTTP {response.status_code}: {await _error_text(response)}")
+                    raise BackendError(
+                        f"{self.url} answered HTTP {response.status_code}: {await _error_text(response)}"
+                    )
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" not in content_type:
                     await on_text(await _whole_reply(response, cfg.max_event_bytes))

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Sentence", "Segmentation", "PinyinEngine", "ConversionInterrupted", "normalize_pinyin"]
+__all__ = ["ConversionInterrupted", "PinyinEngine", "Segmentation", "Sentence", "normalize_pinyin"]
 
 MAX_SYLLABLE_LETTERS = 6
 _SEPARATORS = re.compile(r"[^a-z]+")
