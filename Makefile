@@ -3,21 +3,26 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
+SOURCES := switchyard tests bench tools
 
-.PHONY: run test bench check clean
+.PHONY: run test bench check format clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e .
+	$(PIP) install -e '.[all]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install -e '.[test]'
 	touch $@
 
+$(VENV)/.dev: $(VENV)/.test
+	$(PIP) install -e '.[test,dev]'
+	touch $@
+
 $(VENV)/.bench: $(VENV)/.test
-	$(PIP) install -e '.[test,bench]'
+	$(PIP) install -e '.[bench]'
 	touch $@
 
 run: $(VENV)/.base
@@ -25,6 +30,16 @@ run: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# lint, format and types: the same as the pre-commit hooks
+check: $(VENV)/.dev
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff format $(SOURCES)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
 
 bench: $(VENV)/.bench
 	$(PY) -m bench $(BENCH_ARGS)
