@@ -13,6 +13,21 @@ Error rules a caller may rely on:
   ``self.nursery`` or ``on_start``, ends the incarnation: the supervisor decides
   whether to restart it. Messages still queued wait for the next incarnation; the
   caller whose message was in hand gets an ``ActorError``.
+
+State discipline (what makes an actor safe without locks):
+
+* An actor's state (its attributes) is touched only by the actor's own tasks:
+  the mailbox task that runs ``handle``/``handle_stream``, ``on_start``/``on_stop``,
+  and tasks started in ``self.nursery``. Other code reaches it through its
+  mailbox (``tell``/``ask``/``stream``), never by calling its methods or setting
+  its attributes.
+* Trio switches tasks only at ``await``. A bridge handler or session task running
+  in ``self.nursery`` may read and update the actor's state between awaits: the
+  update is atomic with respect to every other task of the actor. Such a task must
+  not assume state it read before an ``await`` is unchanged after it; where code
+  relies on this, it says so in a comment.
+* Blocking work never touches actor state from a thread: ``trio.to_thread`` gets
+  plain values in and returns plain values out.
 """
 
 from __future__ import annotations
