@@ -33,7 +33,7 @@ log = logging.getLogger("switchyard.tensor_session")
 try:
     import inotify_simple
 except ImportError:  # pragma: no cover - inotify_simple is a dependency, but Linux-only
-    inotify_simple = None  # type: ignore[assignment]
+    inotify_simple = None
     _WATCH_MASK = _SELF_MASK = _OVERFLOW = 0
 else:
     _F = inotify_simple.flags
