@@ -14,6 +14,12 @@ Two parts:
 Nothing here does I/O or reads a clock: callers pass ``now`` (any monotonic seconds)
 and move the bytes. Every decoding function raises only :class:`EngineIOError` on bad
 input, whatever it is given.
+
+Closing works like h11: a protocol violation by the client does not raise; the session
+sets :attr:`ServerSession.state` to ``CLOSED`` and returns a :class:`SessionClosed`
+event (with the reason) from the call that saw it, just as a client CLOSE or a ping
+timeout does. :class:`EngineIOError` from a session method means "refuse this one
+request" and leaves the session as it was.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ __all__ = [
     "PacketType",
     "ServerSession",
     "SessionClosed",
-    "SessionClosingError",
+    "SessionEvent",
     "SessionState",
     "Transport",
     "UpgradeState",
@@ -83,14 +89,6 @@ class EngineIOError(ValueError):
     def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> None:
         super().__init__(message)
         self.code = code
-
-
-class SessionClosingError(EngineIOError):
-    """A protocol violation that closed the session; ``events`` report the close."""
-
-    def __init__(self, message: str, events: list[SessionEvent]) -> None:
-        super().__init__(message, ErrorCode.BAD_REQUEST)
-        self.events = events
 
 
 def error_body(code: ErrorCode, detail: str | None = None) -> bytes:
@@ -414,12 +412,18 @@ class ServerSession:
 
     # -- long-polling GET bookkeeping ----------------------------------------------
     def begin_poll(self) -> list[SessionEvent]:
-        """A GET arrived. A second concurrent GET is a protocol error that closes."""
+        """A GET arrived.
+
+        A second concurrent GET is a protocol violation: the session closes and the
+        returned events say so (the caller answers that GET with an error). A GET on
+        an upgraded session raises :class:`EngineIOError` and changes nothing.
+        """
         if self.transport is not Transport.POLLING and self.upgrade is UpgradeState.DONE:
             raise EngineIOError("session was upgraded to websocket", ErrorCode.BAD_REQUEST)
         if self._polling:
-            events = self.abort("overlapping poll requests")
-            raise SessionClosingError("overlapping poll requests", events)
+            return self.abort("overlapping poll requests")
+        if self.state is SessionState.CLOSED:
+            return []
         self._polling = True
         return []
 
@@ -454,13 +458,15 @@ class ServerSession:
                 self._outbox.append(Packet(PacketType.PONG, packet.data))
             return []
         # OPEN from a client, or UPGRADE outside an upgrade: protocol violation.
-        events = self.abort(f"unexpected {kind.name} packet")
-        raise SessionClosingError(f"unexpected {kind.name} packet from the client", events)
+        return self.abort(f"unexpected {kind.name} packet from the client")
 
     def receive_messages(self, packets: Iterable[Packet], *, now: float) -> list[SessionEvent]:
+        """:meth:`receive` for each packet in order; stops at the one that closes."""
         events: list[SessionEvent] = []
         for packet in packets:
             events.extend(self.receive(packet, now=now))
+            if self.state is SessionState.CLOSED:
+                break
         return events
 
     def receive_probe(self, packet: Packet) -> Packet:

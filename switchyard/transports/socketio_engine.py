@@ -9,11 +9,17 @@ bytes, runs the heartbeat and enforces limits:
 
 * ``max_payload`` bounds a POST body and a WebSocket message (it is the ``maxPayload``
   the client is told); bigger input closes the session;
-* at most ``max_sessions`` sessions exist at once (the next handshake gets HTTP 503);
+* at most ``max_sessions`` sessions exist at once; a handshake past it closes the
+  oldest session that is not yet established (never joined a namespace), and only
+  when every session is established gets HTTP 503;
 * a session whose inbound queue (``max_queued_messages``) overflows is closed, as is
   one that answers no ping within ``ping_timeout``;
 * ``send`` waits while ``max_pending_out`` packets are queued for the client, so a slow
-  client pushes back on whoever emits to it;
+  client pushes back on whoever emits to it; a client that reads nothing for
+  ``send_timeout`` seconds is dropped (see :mod:`socketio_engine_socket`);
+* requests whose head already shows they are refused (path, origin, query, sid,
+  method) are answered by :meth:`EngineServer.check_http` before their body is read;
+* every refused request and bad frame is logged as one rate-limited line;
 * CORS: requests from a browser ``Origin`` not in ``cors_allowed_origins`` get 403 (a
   WebSocket handshake too); allowed ones get the CORS headers. Entries are exact
   origins, ``*`` (any), or ``scheme://host:*`` (any port). Requests without an
@@ -32,9 +38,13 @@ import trio_websocket
 
 from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, PacketType, ServerSession, SessionState, Transport
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.http_server import Request, Response
+from switchyard.transports.socketio_engine_socket import EngineSocket, SessionEnded, held
 
-__all__ = ["EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "held", "origin_allowed"]
+__all__ = ["DEFAULT_ORIGINS", "EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "held", "origin_allowed"]
+
+SessionHandler = Callable[[EngineSocket], Awaitable[None]]
 
 log = logging.getLogger("switchyard.transports.engineio")
 
@@ -47,9 +57,15 @@ DEFAULT_ORIGINS = (
 )
 
 
+def _slash(path: str) -> str:
+    return path if path.endswith("/") else path + "/"
+
+
 @attrs.frozen
 class EngineConfig:
-    path: str = "/socket.io/"
+    """Engine.IO limits and options (see the module docstring for what each bounds)."""
+
+    path: str = attrs.field(default="/socket.io/", converter=_slash)
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     max_payload: int = 100 * 1024 * 1024
@@ -59,6 +75,7 @@ class EngineConfig:
     max_sessions: int = 64
     max_queued_messages: int = 1024
     max_pending_out: int = 1024
+    send_timeout: float = 10.0
     max_packets_per_post: int = 10_000
 
 
@@ -76,170 +93,12 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-class SessionEnded(Exception):
-    """The session is closed; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class EngineSocket:
-    """The Trio side of one Engine.IO session (see the module docstring)."""
-
-    def __init__(self, session: ServerSession, config: EngineConfig, request: Request) -> None:
-        self.session = session
-        self.config = config
-        #: The HTTP request that opened the session (headers, client address).
-        self.request = request
-        self._inbound_send, self._inbound = trio.open_memory_channel[str | bytes](config.max_queued_messages)
-        self._changed = trio.Event()
-        self._waiters = 0
-        # WebSocket mode: frames are written by whoever queues them (no extra task hop)
-        self._ws_send: Callable[[list[str | bytes]], Awaitable[None]] | None = None
-        self._write_lock = trio.Lock()
-        self._writer_kick = trio.Event()
-        self.closed = trio.Event()
-        self.close_reason: str | None = None
-
-    @property
-    def sid(self) -> str:
-        return self.session.sid
-
-    @property
-    def transport(self) -> str:
-        return self.session.transport.value
-
-    # -- for the session handler ----------------------------------------------------
-    async def receive(self) -> str | bytes:
-        """The next message from the client; raises :class:`SessionEnded` once closed."""
-        try:
-            return await self._inbound.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SessionEnded(self.close_reason or "closed") from None
-
-    def receive_nowait(self) -> str | bytes:
-        """A message already received, or ``trio.WouldBlock``; :class:`SessionEnded` once closed."""
-        try:
-            return self._inbound.receive_nowait()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SessionEnded(self.close_reason or "closed") from None
-
-    def __aiter__(self) -> EngineSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        try:
-            return await self.receive()
-        except SessionEnded:
-            raise StopAsyncIteration from None
-
-    async def send(self, data: str | bytes) -> None:
-        await self.send_many((data,))
-
-    async def send_many(self, items: tuple[str | bytes, ...] | list[str | bytes]) -> None:
-        """Queue messages for the client, in order; waits while too many are queued.
-
-        Raises :class:`SessionEnded` if the session is (or becomes) closed.
-        """
-        session = self.session
-        while session.pending >= self.config.max_pending_out and session.state is SessionState.OPEN:
-            await self._wait_changed()
-        if session.state is not SessionState.OPEN:
-            raise SessionEnded(self.close_reason or "closed")
-        session.send_many(items)
-        if self._ws_send is not None:
-            await self._flush_ws()
-        else:
-            self._notify()
-
-    def close(self, reason: str = "server close") -> None:
-        """Close the session: queued messages and a CLOSE packet still go out."""
-        self._deliver(self.session.close(reason))
-        self._notify()
-
-    # -- internals ------------------------------------------------------------------
-    def _notify(self) -> None:
-        """Something changed: wake waiting polls / senders, and the WebSocket writer."""
-        if self._waiters:
-            self._changed.set()
-            self._changed = trio.Event()
-        session = self.session
-        if self._ws_send is not None and (session.pending or session.state is not SessionState.OPEN):
-            self._writer_kick.set()
-
-    async def _wait_changed(self) -> None:
-        self._waiters += 1
-        try:
-            await self._changed.wait()
-        finally:
-            self._waiters -= 1
-
-    async def _flush_ws(self) -> None:
-        """Write everything queued to the WebSocket, as one batch (one syscall)."""
-        send = self._ws_send
-        if send is None or not self.session.has_outgoing(Transport.WEBSOCKET):
-            return
-        async with held(self._write_lock):
-            packets = self.session.take_outgoing(Transport.WEBSOCKET)
-            if not packets:
-                return
-            if self._waiters:
-                self._changed.set()
-                self._changed = trio.Event()
-            try:
-                await send([eio.encode_packet(p) for p in packets])
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._abort("transport close")
-                raise SessionEnded(self.close_reason or "transport close") from None
-            if self.session.state is SessionState.CLOSED:
-                self._writer_kick.set()  # the CLOSE packet went out: the writer closes the socket
-
-    def _deliver(self, events: list[eio.SessionEvent]) -> None:
-        for event in events:
-            if isinstance(event, eio.MessageReceived):
-                try:
-                    self._inbound_send.send_nowait(event.data)
-                except trio.WouldBlock:
-                    self._deliver(
-                        self.session.abort(
-                            f"client sent more than {self.config.max_queued_messages} unprocessed messages"
-                        )
-                    )
-                    return
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
-            else:
-                self._ended(event.reason)
-
-    def _ended(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-        self._inbound_send.close()
-        self.closed.set()
-        self._notify()
-
-    def _receive_packets(self, packets: list[Packet]) -> None:
-        try:
-            events = self.session.receive_messages(packets, now=trio.current_time())
-        except eio.SessionClosingError as exc:
-            events = exc.events
-        self._deliver(events)
-        self._notify()
-
-    def _abort(self, reason: str) -> None:
-        self._deliver(self.session.abort(reason))
-        self._notify()
-
-
-SessionHandler = Callable[[EngineSocket], Awaitable[None]]
-
-
 class EngineServer:
     """Engine.IO sessions for an :class:`~switchyard.transports.http_server.HttpServer`.
 
-    Plug :meth:`handle_http` and :meth:`handle_upgrade` into the HTTP server and run
-    :meth:`run` (``await nursery.start(engine.run)``) to own the session tasks.
+    Plug :meth:`check_http` (as the HTTP server's ``precheck``), :meth:`handle_http`
+    and :meth:`handle_upgrade` into the HTTP server and run :meth:`run` (``await
+    nursery.start(engine.run)``) to own the session tasks.
     """
 
     def __init__(
@@ -252,7 +111,11 @@ class EngineServer:
         self.session_handler = session_handler
         self.config = config
         self.log = logger or log
+        #: One line per refused request or bad frame, rate-limited.
+        self.bad_input = RateLimitedLog(self.log, level=logging.INFO, what="refused Engine.IO requests")
         self.sessions: dict[str, EngineSocket] = {}
+        #: Sessions closed to make room for a new one (see ``max_sessions``).
+        self.shed = 0
         self._nursery: trio.Nursery | None = None
         self._cors_base = (("access-control-allow-credentials", "true"), ("vary", "Origin"))
 
@@ -266,7 +129,7 @@ class EngineServer:
             finally:
                 self._nursery = None
                 for sock in list(self.sessions.values()):
-                    sock._abort("server shutting down")
+                    sock.abort("server shutting down")
 
     # -- HTTP ---------------------------------------------------------------------
     def _cors(self, request: Request) -> tuple[tuple[tuple[str, str], ...], bool]:
@@ -281,12 +144,12 @@ class EngineServer:
         self, code: eio.ErrorCode, cors: tuple[tuple[str, str], ...], detail: str | None = None, status: int = 400
     ) -> Response:
         if detail:
-            self.log.info("engine.io request refused: %s (%s)", eio.ErrorCode(code).name, detail)
+            self.bad_input("engine.io request refused: %s (%s)", eio.ErrorCode(code).name, detail)
         headers = (("content-type", "application/json"), *cors)
         return Response(status, headers, eio.error_body(code, detail))
 
-    async def handle_http(self, request: Request) -> Response:
-        """Answer one polling request (or 404 if it is not for our path)."""
+    def _route(self, request: Request) -> Response | tuple[tuple[tuple[str, str], ...], EngineSocket | None]:
+        """An error answer, or the CORS headers and the session (None: a handshake)."""
         if request.path.rstrip("/") + "/" != self.config.path:
             return Response(404, (("content-type", "text/plain"),), b"not found")
         cors, allowed = self._cors(request)
@@ -309,31 +172,71 @@ class EngineServer:
         if target.sid is None:
             if request.method != "GET":
                 return self._error(eio.ErrorCode.BAD_HANDSHAKE_METHOD, cors, request.method)
-            return await self._open_polling(request, cors)
+            return cors, None
         sock = self.sessions.get(target.sid)
         if sock is None:
             return self._error(eio.ErrorCode.UNKNOWN_SID, cors, None)
+        if request.method not in ("GET", "POST"):
+            return self._error(eio.ErrorCode.BAD_REQUEST, cors, f"method {request.method}")
+        return cors, sock
+
+    def check_http(self, request: Request) -> Response | None:
+        """The answer to a request known from its head alone (wrong path, origin,
+        query, sid or method), so its body is never read; None: read it and call
+        :meth:`handle_http`."""
+        if request.wants_websocket:
+            return None
+        routed = self._route(request)
+        return routed if isinstance(routed, Response) else None
+
+    async def handle_http(self, request: Request) -> Response:
+        """Answer one polling request (or 404 if it is not for our path)."""
+        routed = self._route(request)
+        if isinstance(routed, Response):
+            return routed
+        cors, sock = routed
+        if sock is None:
+            return await self._open_polling(request, cors)
         if request.method == "GET":
             return await self._poll(sock, cors)
-        if request.method == "POST":
-            return self._post(sock, request, cors)
-        return self._error(eio.ErrorCode.BAD_REQUEST, cors, f"method {request.method}")
+        return self._post(sock, request, cors)
+
+    def _make_room(self) -> bool:
+        """At ``max_sessions``, close the oldest session not yet established."""
+        if len(self.sessions) < self.config.max_sessions:
+            return True
+        for sid, sock in self.sessions.items():
+            if not sock.established:
+                del self.sessions[sid]
+                self.shed += 1
+                sock.abort("shed: session limit reached before it joined")
+                self.bad_input("engine.io session %s from %s shed to make room", sid, sock.request.client)
+                return True
+        return False
 
     def _new_socket(self, transport: Transport, request: Request) -> EngineSocket | None:
-        if len(self.sessions) >= self.config.max_sessions or self._nursery is None:
+        if self._nursery is None or not self._make_room():
             return None
         cfg = self.config
         upgrades = (Transport.WEBSOCKET,) if cfg.allow_websocket else ()
+        now = trio.current_time()
         session = ServerSession(
             secrets.token_urlsafe(15),
             transport,
-            now=trio.current_time(),
+            now=now,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
             max_payload=cfg.max_payload,
             upgrades=upgrades,
         )
-        sock = EngineSocket(session, cfg, request)
+        sock = EngineSocket(
+            session,
+            request,
+            max_queued_messages=cfg.max_queued_messages,
+            max_pending_out=cfg.max_pending_out,
+            send_timeout=cfg.send_timeout,
+            opened_at=now,
+        )
         self.sessions[sock.sid] = sock
         self._nursery.start_soon(self._run_session, sock)
         return sock
@@ -353,41 +256,36 @@ class EngineServer:
         return Response(200, (("content-type", "text/plain; charset=UTF-8"), *cors), body.encode("utf-8"))
 
     async def _poll(self, sock: EngineSocket, cors: tuple[tuple[str, str], ...]) -> Response:
-        session = sock.session
         try:
-            session.begin_poll()
-        except eio.SessionClosingError as exc:
-            sock._deliver(exc.events)
-            sock._notify()
-            return self._error(exc.code, cors, str(exc))
+            if not sock.begin_poll():
+                return self._error(eio.ErrorCode.BAD_REQUEST, cors, sock.close_reason)
         except eio.EngineIOError as exc:
             return self._error(exc.code, cors, str(exc))
         try:
             # Bounded: a live client pongs (through POST) or a ping goes out first.
             with trio.move_on_after(self.config.ping_interval + self.config.ping_timeout):
-                while not session.has_outgoing(Transport.POLLING) and session.state is SessionState.OPEN:
-                    await sock._wait_changed()
-            if session.state is SessionState.CLOSED and not session.has_outgoing(Transport.POLLING):
+                while not sock.poll_ready():
+                    await sock.wait_changed()
+            packets = sock.take_for_poll()
+            if not packets and sock.state is SessionState.CLOSED:
                 return self._error(eio.ErrorCode.BAD_REQUEST, cors, "session closed")
-            packets = session.take_outgoing(Transport.POLLING) or [Packet(PacketType.NOOP)]
-            sock._notify()
-            return self._text(eio.encode_payload(packets), cors)
+            return self._text(eio.encode_payload(packets or [Packet(PacketType.NOOP)]), cors)
         finally:
-            session.end_poll()
+            sock.end_poll()
 
     def _post(self, sock: EngineSocket, request: Request, cors: tuple[tuple[str, str], ...]) -> Response:
         if len(request.body) > self.config.max_payload:
-            sock._abort("payload too large")
+            sock.abort("payload too large")
             return self._error(eio.ErrorCode.BAD_REQUEST, cors, "payload too large", 413)
         if sock.session.transport is not Transport.POLLING:
             return self._error(eio.ErrorCode.BAD_REQUEST, cors, "session was upgraded")
         try:
             packets = eio.decode_payload(request.body, max_packets=self.config.max_packets_per_post)
         except eio.EngineIOError as exc:
-            self.log.warning("engine.io session %s: bad POST payload: %s", sock.sid, exc)
-            sock._abort("parse error")
-            return self._error(exc.code, cors, str(exc))
-        sock._receive_packets(packets)
+            self.bad_input("engine.io session %s (%s): bad POST payload: %s", sock.sid, request.client, exc)
+            sock.abort("parse error")
+            return self._error(exc.code, cors)
+        sock.feed(packets)
         return Response(200, (("content-type", "text/html"), *cors), b"ok")
 
     # -- WebSocket ------------------------------------------------------------------
@@ -413,7 +311,7 @@ class EngineServer:
             await ws_request.reject(404)
             return
         if not allowed:
-            self.log.info("websocket from origin %r refused", request.header("origin"))
+            self.bad_input("websocket from origin %r refused", request.header("origin"))
             await ws_request.reject(
                 403,
                 extra_headers=[(b"content-type", b"application/json")],
@@ -425,6 +323,7 @@ class EngineServer:
             if target.transport is not Transport.WEBSOCKET or not self.config.allow_websocket:
                 raise eio.EngineIOError("websocket transport not served", eio.ErrorCode.UNKNOWN_TRANSPORT)
         except eio.EngineIOError as exc:
+            self.bad_input("websocket refused: %s", exc)
             await ws_request.reject(
                 400, extra_headers=[(b"content-type", b"application/json")], body=eio.error_body(exc.code, str(exc))
             )
@@ -449,22 +348,19 @@ class EngineServer:
             await _close_websocket(ws)
 
     async def _upgrade(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> bool:
-        session = sock.session
         try:
             with trio.fail_after(self.config.ping_timeout):
                 probe = eio.decode_packet(await ws.get_message())
-                await ws.send_message(eio.encode_packet(session.receive_probe(probe)))
-                sock._notify()  # a pending poll returns NOOP so the client can pause polling
-                session.receive_upgrade(eio.decode_packet(await ws.get_message()))
+                # The answer also releases a pending poll (NOOP) so the client can pause polling.
+                await ws.send_message(eio.encode_packet(sock.probe(probe)))
+                sock.upgrade(eio.decode_packet(await ws.get_message()))
         except (eio.EngineIOError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
-            session.cancel_upgrade()
-            sock._notify()
-            self.log.info(
+            sock.cancel_upgrade()
+            self.bad_input(
                 "engine.io session %s: websocket upgrade failed: %s", sock.sid, str(exc) or type(exc).__name__
             )
             return False
         self.log.debug("engine.io session %s upgraded to websocket", sock.sid)
-        sock._notify()
         return True
 
     async def _websocket_session(
@@ -478,46 +374,52 @@ class EngineServer:
             finally:
                 await stream.uncork()
 
-        sock._ws_send = send
+        sock.attach_websocket(send)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ws_writer, sock, ws)
                 await self._ws_reader(sock, ws)
                 nursery.cancel_scope.cancel()
         finally:
-            sock._ws_send = None
+            sock.detach_websocket()
         await _close_websocket(ws)
 
     async def _ws_reader(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
-        session = sock.session
-        while session.state is not SessionState.CLOSED:
+        while sock.state is not SessionState.CLOSED:
             try:
                 message = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
                 reason = exc.reason
+                if reason is not None and reason.code in (1002, 1007, 1009):
+                    self.bad_input(
+                        "engine.io session %s (%s): websocket closed for bad input: %s %s",
+                        sock.sid,
+                        sock.request.client,
+                        reason.code,
+                        reason.reason or reason.name,
+                    )
                 too_big = reason is not None and reason.code == 1009
-                sock._abort("message larger than max_payload" if too_big else "transport close")
+                sock.abort("message larger than max_payload" if too_big else "transport close")
                 return
             try:
                 packet = eio.decode_packet(message)
             except eio.EngineIOError as exc:
-                self.log.warning("engine.io session %s: bad frame: %s", sock.sid, exc)
-                sock._abort("parse error")
+                self.bad_input("engine.io session %s (%s): bad frame: %s", sock.sid, sock.request.client, exc)
+                sock.abort("parse error")
                 return
-            sock._receive_packets([packet])
+            sock.feed([packet])
 
     async def _ws_writer(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
         """Writes what nobody flushed directly (pings, the CLOSE packet, packets queued
         before the upgrade) and closes the socket once the session is closed."""
         try:
             while True:
-                await sock._flush_ws()
-                if sock.session.state is SessionState.CLOSED:
+                await sock.flush_websocket()
+                if sock.state is SessionState.CLOSED:
                     break
-                await sock._writer_kick.wait()
-                sock._writer_kick = trio.Event()
+                await sock.wait_for_writes()
         except SessionEnded:
-            return
+            pass
         await _close_websocket(ws)
 
     # -- session lifetime -----------------------------------------------------------
@@ -528,13 +430,14 @@ class EngineServer:
                 await self._run_handler(sock)
                 # Let a closing session hand its CLOSE packet to a transport, briefly.
                 with trio.move_on_after(self.config.ping_timeout):
-                    while sock.session.state is SessionState.CLOSING:
-                        await sock._wait_changed()
+                    while sock.state is SessionState.CLOSING:
+                        await sock.wait_changed()
                 nursery.cancel_scope.cancel()
         finally:
-            if sock.session.state is not SessionState.CLOSED:
-                sock._abort("server shutting down")
-            self.sessions.pop(sock.sid, None)
+            if sock.state is not SessionState.CLOSED:
+                sock.abort("server shutting down")
+            if self.sessions.get(sock.sid) is sock:
+                del self.sessions[sock.sid]
             self.log.debug("engine.io session %s ended: %s", sock.sid, sock.close_reason)
 
     async def _run_handler(self, sock: EngineSocket) -> None:
@@ -542,16 +445,13 @@ class EngineServer:
             await self.session_handler(sock)
         except Exception:
             self.log.exception("session handler for %s failed", sock.sid)
-        if sock.session.state is SessionState.OPEN:
+        if sock.state is SessionState.OPEN:
             sock.close("handler finished")
 
     async def _heartbeat(self, sock: EngineSocket) -> None:
-        session = sock.session
-        while session.state is SessionState.OPEN:
-            await trio.sleep_until(session.next_deadline())
-            events = session.tick(trio.current_time())
-            sock._deliver(events)
-            sock._notify()
+        while sock.state is SessionState.OPEN:
+            await trio.sleep_until(sock.next_deadline())
+            sock.tick(trio.current_time())
 
 
 async def _close_websocket(ws: trio_websocket.WebSocketConnection, timeout: float = 5.0) -> None:
@@ -592,30 +492,8 @@ class _CorkableStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self._stream.receive_some(max_bytes)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
-
-
-class held:
-    """Hold a ``trio.Lock``; when it is free, take it without a trip through the scheduler.
-
-    ``async with lock`` always checkpoints; on the per-message paths here that is one
-    more scheduler round per message for a lock that is almost never contended.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self._lock = lock
-
-    async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()

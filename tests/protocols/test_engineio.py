@@ -151,11 +151,10 @@ def test_upgrade_flow() -> None:
 
 def test_overlapping_polls_close() -> None:
     s = ServerSession("s", Transport.POLLING, now=0.0)
-    s.begin_poll()
-    with pytest.raises(eio.SessionClosingError) as info:
-        s.begin_poll()
-    assert info.value.events == [eio.SessionClosed("overlapping poll requests")]
+    assert s.begin_poll() == []
+    assert s.begin_poll() == [eio.SessionClosed("overlapping poll requests")]
     assert s.state is SessionState.CLOSED
+    assert s.begin_poll() == []  # closed: nothing more happens
 
 
 def test_server_close_goes_out_last() -> None:
@@ -169,9 +168,9 @@ def test_server_close_goes_out_last() -> None:
 
 def test_client_open_packet_is_violation() -> None:
     s = ServerSession("s", Transport.WEBSOCKET, now=0.0)
-    with pytest.raises(eio.SessionClosingError):
-        s.receive(Packet(PacketType.OPEN), now=0.0)
+    assert s.receive(Packet(PacketType.OPEN), now=0.0) == [eio.SessionClosed("unexpected OPEN packet from the client")]
     assert s.state is SessionState.CLOSED
+    assert s.receive(Packet(PacketType.MESSAGE, "late"), now=0.0) == []
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -241,6 +240,13 @@ class SessionMachine(RuleBasedStateMachine):
     @rule()
     def client_close(self) -> None:
         self.closed_events += len(self.s.receive(Packet(PacketType.CLOSE), now=self.now))
+
+    @rule(kind=st.sampled_from([PacketType.OPEN, PacketType.UPGRADE]))
+    def client_violation(self, kind: PacketType) -> None:
+        events = self.s.receive(Packet(kind), now=self.now)
+        self.closed_events += len(events)
+        assert self.s.state is SessionState.CLOSED  # the invariant checks one close event
+        assert all(isinstance(e, eio.SessionClosed) for e in events)
 
     @invariant()
     def in_order_once(self) -> None:
