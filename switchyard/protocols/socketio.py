@@ -101,7 +101,7 @@ def _check_shape(kind: PacketType, data: Any, ack_id: int | None) -> str | None:
     return f"unknown packet type {kind!r}"  # pragma: no cover - enum is closed
 
 
-def _check_packet(instance: Packet, attribute: object, value: object) -> None:
+def _check_packet(instance: Packet, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if instance.id is not None and (not isinstance(instance.id, int) or instance.id < 0):
         raise ValueError("id must be a non-negative int")
     nsp = instance.nsp
@@ -300,7 +300,7 @@ class Decoder:
         problem = _check_shape(kind, data, ack_id)
         if problem:
             raise SocketIOError(f"invalid payload: {problem}")
-        if kind is PacketType.EVENT and data[0] in RESERVED_EVENTS:
+        if kind is PacketType.EVENT and data is not None and data[0] in RESERVED_EVENTS:
             raise SocketIOError(f"invalid payload: {data[0]!r} is a reserved event name")
         if attachments:
             self._partial = _Partial(kind, nsp, ack_id, data, attachments)
@@ -425,7 +425,7 @@ class ServerConnection:
             if key not in self._pending_acks:
                 return [PacketDropped(f"ACK {packet.id} matches no emitted event")]
             self._pending_acks.discard(key)
-            return [AckReceived(nsp, packet.id, packet.data)]
+            return [AckReceived(nsp, key[1], packet.data)]
         # DISCONNECT
         self._forget(nsp)
         return [ClientDisconnected(nsp, "client namespace disconnect")]

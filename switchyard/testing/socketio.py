@@ -34,7 +34,7 @@ __all__ = [
     "socketio_packets",
 ]
 
-json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+json_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 
 _SAFE_INT = st.integers(min_value=-(2**53), max_value=2**53)
 _FLOATS = st.floats(allow_nan=False, allow_infinity=False)
@@ -72,7 +72,7 @@ def engineio_frames() -> st.SearchStrategy[str | bytes]:
 
 socketio_namespaces = st.one_of(
     st.just(socketio.DEFAULT_NAMESPACE),
-    st.text(st.characters(exclude_categories=("Cs",), exclude_characters=",?"), max_size=12).map(lambda s: "/" + s),
+    st.text(st.characters(exclude_categories=["Cs"], exclude_characters=",?"), max_size=12).map(lambda s: "/" + s),
 )
 
 socketio_event_names = json_text.filter(lambda name: name not in socketio.RESERVED_EVENTS)

@@ -18,23 +18,40 @@ What a caller may rely on:
 * ``handler(request) -> Response`` is called once per complete request; the body is
   read in full first and is at most ``limits.max_body_bytes`` (bigger: ``413`` and the
   connection closes, the handler never sees it);
+* ``precheck(request) -> Response | None``, when given, sees each request as soon as
+  its head is parsed (``body`` empty); a response it returns is sent at once with
+  ``Connection: close`` and the body is never read (an unknown path, session or method
+  costs no body bytes);
+* request bodies are held in memory only up to ``limits.max_buffered_bytes`` summed
+  over all connections (a declared ``Content-Length`` is reserved up front); a request
+  past that total gets ``503`` and the connection closes;
 * a ``GET`` carrying ``Upgrade: websocket`` goes to ``upgrade_handler(request, stream)``
   instead; ``stream`` replays the request bytes, so a WebSocket library can parse the
   handshake itself (``trio_websocket.wrap_server_stream``). The handler owns the stream;
-* slow or idle peers are dropped after ``limits.request_timeout`` /
-  ``limits.idle_timeout``; at most ``limits.max_connections`` connections are served at
-  once (further ones wait in the listen backlog);
-* a handler exception answers ``500`` and is logged; the server goes on.
+* timeouts: a connection waiting for (the first byte of) a request is closed after
+  ``limits.idle_timeout``; a request head must be complete within
+  ``limits.header_timeout`` of its first byte, the whole request within
+  ``limits.request_timeout``;
+* connection caps: at most ``limits.max_connections`` connections in all and
+  ``limits.max_connections_per_peer`` from one IP address. A connection past a cap
+  first sheds the oldest connection (of that peer, for the per-peer cap) that is idle
+  or still sending its request head; only when there is none is the new one closed at
+  once. Connections inside a handler or handed to ``upgrade_handler`` are never shed;
+* a handler exception answers ``500`` and is logged; the server goes on. Refused
+  requests and connections are logged as single rate-limited lines.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 import h11
 import trio
+
+from switchyard.runtime.ratelog import RateLimitedLog
 
 __all__ = ["HttpLimits", "HttpServer", "PrefixedStream", "Request", "Response"]
 
@@ -43,11 +60,16 @@ log = logging.getLogger("switchyard.transports.http")
 
 @attrs.frozen
 class HttpLimits:
+    """The HTTP server's limits (see the module docstring); 0 disables a cap."""
+
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1 << 20
-    request_timeout: float = 30.0  # to receive a whole request once it has begun
-    idle_timeout: float = 75.0  # keep-alive connection waiting for its next request
+    max_buffered_bytes: int = 256 << 20  # request bodies held at once, all connections
+    idle_timeout: float = 10.0  # waiting for the first byte of a request
+    header_timeout: float = 5.0  # first byte to the end of the request head
+    request_timeout: float = 60.0  # first byte to the end of the body
     max_connections: int = 256
+    max_connections_per_peer: int = 64
 
 
 @attrs.frozen
@@ -85,6 +107,36 @@ class Response:
 
 RequestHandler = Callable[[Request], Awaitable[Response]]
 UpgradeHandler = Callable[[Request, trio.abc.Stream], Awaitable[None]]
+Precheck = Callable[[Request], Response | None]
+
+
+class _Phase(enum.Enum):
+    IDLE = "idle"  # waiting for a request: sheddable
+    HEAD = "head"  # receiving a request head: sheddable
+    BODY = "body"
+    BUSY = "busy"  # in a handler
+    UPGRADED = "upgraded"
+
+
+class _Conn:
+    """Bookkeeping for one connection (the registry's view of it)."""
+
+    __slots__ = ("counted", "peer", "phase", "scope", "since")
+
+    def __init__(self, peer: str, now: float) -> None:
+        self.peer = peer
+        self.phase = _Phase.IDLE
+        self.since = now
+        self.scope = trio.CancelScope()
+        self.counted = True
+
+    def enter(self, phase: _Phase) -> None:
+        self.phase = phase
+        self.since = trio.current_time()
+
+    @property
+    def sheddable(self) -> bool:
+        return self.phase is _Phase.IDLE or self.phase is _Phase.HEAD
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -94,7 +146,7 @@ class PrefixedStream(trio.abc.Stream):
         self._prefix = prefix
         self._stream = stream
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             if max_bytes is None or max_bytes >= len(self._prefix):
                 data, self._prefix = self._prefix, b""
@@ -130,18 +182,31 @@ class HttpServer:
         handler: RequestHandler,
         *,
         upgrade_handler: UpgradeHandler | None = None,
+        precheck: Precheck | None = None,
         limits: HttpLimits = HttpLimits(),
         logger: logging.Logger | None = None,
         server_header: str = "switchyard",
     ) -> None:
         self.handler = handler
         self.upgrade_handler = upgrade_handler
+        self.precheck = precheck
         self.limits = limits
         self.log = logger or log
+        #: One line per refused request or connection, rate-limited.
+        self.bad_input = RateLimitedLog(self.log, level=logging.INFO, what="refused HTTP requests")
         self._server_header = server_header.encode()
-        self._slots = trio.Semaphore(limits.max_connections)
-        #: Number of connections being served now.
-        self.connections = 0
+        self._conns: dict[_Conn, None] = {}  # insertion-ordered set
+        self._per_peer: dict[str, int] = {}
+        #: Request body bytes held now, over all connections.
+        self.buffered = 0
+        #: Connections closed to make room for new ones, and new ones refused.
+        self.shed = 0
+        self.refused = 0
+
+    @property
+    def connections(self) -> int:
+        """Number of connections being served now."""
+        return len(self._conns)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -160,92 +225,159 @@ class HttpServer:
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
-                await self._slots.acquire()
-                try:
-                    stream = await listener.accept()
-                except BaseException:
-                    self._slots.release()
-                    raise
-                nursery.start_soon(self._connection, stream)
+                stream = await listener.accept()
+                conn = self._admit(_peer_host(stream))
+                if conn is None:
+                    self.refused += 1
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+                    continue
+                nursery.start_soon(self._connection, stream, conn)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+    def _admit(self, peer: str) -> _Conn | None:
+        """Register a new connection, shedding an idle one past a cap; None: refuse."""
+        limits = self.limits
+        if limits.max_connections_per_peer and self._per_peer.get(peer, 0) >= limits.max_connections_per_peer:
+            if not self._shed_one(peer):
+                self.bad_input("HTTP connection from %s refused: %d connections from it", peer, self._per_peer[peer])
+                return None
+        if limits.max_connections and len(self._conns) >= limits.max_connections:
+            if not self._shed_one(None):
+                self.bad_input("HTTP connection from %s refused: %d connections", peer, len(self._conns))
+                return None
+        conn = _Conn(peer, trio.current_time())
+        self._conns[conn] = None
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        return conn
+
+    def _shed_one(self, peer: str | None) -> bool:
+        victim: _Conn | None = None
+        for conn in self._conns:
+            if conn.sheddable and (peer is None or conn.peer == peer):
+                if victim is None or conn.since < victim.since:
+                    victim = conn
+        if victim is None:
+            return False
+        self._forget(victim)
+        victim.scope.cancel()
+        self.shed += 1
+        self.bad_input("HTTP connection from %s shed (%s) to make room", victim.peer, victim.phase.value)
+        return True
+
+    def _forget(self, conn: _Conn) -> None:
+        if conn.counted:
+            conn.counted = False
+            del self._conns[conn]
+            left = self._per_peer[conn.peer] - 1
+            if left:
+                self._per_peer[conn.peer] = left
+            else:
+                del self._per_peer[conn.peer]
+
+    async def _connection(self, stream: trio.SocketStream, conn: _Conn) -> None:
         handed_off = False
         try:
-            peer = _peer(stream)
-            handed_off = await self._serve_connection(stream, peer)
+            with conn.scope:
+                handed_off = await self._serve_connection(stream, conn, _peer(stream))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             self.log.exception("HTTP connection failed")
         finally:
-            self.connections -= 1
-            self._slots.release()
+            self._forget(conn)
             if not handed_off:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> bool:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+    async def _serve_connection(self, stream: trio.SocketStream, conn: _Conn, peer: str) -> bool:
+        h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         while True:
+            budget = _Budget(self)
             try:
-                request = await self._read_request(conn, stream, peer)
-            except _Drop as drop:
-                if drop.status is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await self._send_simple(conn, stream, drop.status, str(drop))
+                try:
+                    request = await self._read_request(h11conn, stream, conn, peer, budget)
+                except _Drop as drop:
+                    if drop.status is not None and h11conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        self.bad_input("HTTP %d to %s: %s", drop.status, peer, drop)
+                        await self._send_simple(h11conn, stream, drop.status, str(drop))
+                    return False
+                if request is None:
+                    return False
+                if isinstance(request, Response):  # refused by precheck; the body stays unread
+                    await self._send_response(h11conn, stream, request, close=True)
+                    return False
+                if request.wants_websocket and self.upgrade_handler is not None:
+                    conn.enter(_Phase.UPGRADED)
+                    prefix = _replay(request, h11conn.trailing_data[0])
+                    await self.upgrade_handler(request, PrefixedStream(prefix, stream))
+                    return True
+                conn.enter(_Phase.BUSY)
+                try:
+                    response = await self.handler(request)
+                except Exception:
+                    self.log.exception("HTTP handler failed for %s %s", request.method, request.path)
+                    response = Response(500, (("content-type", "text/plain"),), b"internal server error")
+            finally:
+                budget.release()
+            await self._send_response(h11conn, stream, response)
+            if h11conn.our_state is h11.MUST_CLOSE or h11conn.their_state is h11.MUST_CLOSE:
                 return False
-            if request is None:
-                return False
-            if request.wants_websocket and self.upgrade_handler is not None:
-                prefix = _replay(request, conn.trailing_data[0])
-                await self.upgrade_handler(request, PrefixedStream(prefix, stream))
-                return True
             try:
-                response = await self.handler(request)
-            except Exception:
-                self.log.exception("HTTP handler failed for %s %s", request.method, request.path)
-                response = Response(500, (("content-type", "text/plain"),), b"internal server error")
-            await self._send_response(conn, stream, response)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return False
-            try:
-                conn.start_next_cycle()
+                h11conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return False
 
-    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, peer: str) -> Request | None:
+    async def _read_request(
+        self, h11conn: h11.Connection, stream: trio.SocketStream, conn: _Conn, peer: str, budget: _Budget
+    ) -> Request | Response | None:
         limits = self.limits
         request: h11.Request | None = None
         body: list[bytes] = []
         size = 0
+        conn.enter(_Phase.IDLE)
         # Waiting for the first byte of a request is "idle"; the rest must be quick.
-        deadline = trio.current_time() + limits.idle_timeout
+        deadline = body_deadline = trio.current_time() + limits.idle_timeout
+        started = False
         while True:
             try:
-                event = conn.next_event()
+                event = h11conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise _Drop(f"bad request: {exc}", exc.error_status_hint) from None
             if event is h11.NEED_DATA:
                 with trio.move_on_at(deadline) as scope:
                     data = await stream.receive_some(65536)
                 if scope.cancelled_caught:
-                    raise _Drop("timed out", 408 if request is not None else None)
-                if not data and conn.their_state is h11.IDLE:
+                    raise _Drop("timed out", 408 if started else None)
+                if not data and h11conn.their_state is h11.IDLE:
                     return None
-                conn.receive_data(data)
-                if request is None and data:
-                    deadline = min(deadline, trio.current_time() + limits.request_timeout)
+                h11conn.receive_data(data)
+                if not started and data:
+                    started = True
+                    conn.enter(_Phase.HEAD)
+                    now = trio.current_time()
+                    deadline = now + limits.header_timeout
+                    body_deadline = now + limits.request_timeout
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                conn.enter(_Phase.BODY)
+                deadline = body_deadline
+                if self.precheck is not None:
+                    early = self.precheck(_request(event, b"", peer))
+                    if early is not None:
+                        return early
                 declared = _content_length(event.headers)
                 if declared is not None and declared > limits.max_body_bytes:
                     raise _Drop(f"body of {declared} bytes exceeds the limit of {limits.max_body_bytes}", 413)
+                if declared and not budget.reserve(declared):
+                    raise _Drop("server busy: too many request bytes buffered; retry later", 503)
                 continue
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limits.max_body_bytes:
                     raise _Drop(f"body exceeds the limit of {limits.max_body_bytes} bytes", 413)
+                if size > budget.reserved and not budget.reserve(size - budget.reserved):
+                    raise _Drop("server busy: too many request bytes buffered; retry later", 503)
                 body.append(bytes(event.data))
                 continue
             if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
@@ -254,27 +386,51 @@ class HttpServer:
             if isinstance(event, h11.ConnectionClosed):
                 return None
 
-    async def _send_response(self, conn: h11.Connection, stream: trio.SocketStream, response: Response) -> None:
+    async def _send_response(
+        self, conn: h11.Connection, stream: trio.SocketStream, response: Response, *, close: bool = False
+    ) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         headers.append((b"content-length", str(len(response.body)).encode()))
         headers.append((b"server", self._server_header))
+        if close:
+            headers.append((b"connection", b"close"))
         data = conn.send(h11.Response(status_code=response.status, headers=headers))
         data += conn.send(h11.Data(data=response.body)) if response.body else b""
         data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)
 
     async def _send_simple(self, conn: h11.Connection, stream: trio.SocketStream, status: int, text: str) -> None:
-        self.log.info("HTTP %d: %s", status, text)
-        response = Response(
-            status, (("content-type", "text/plain; charset=utf-8"), ("connection", "close")), text.encode("utf-8")
-        )
+        response = Response(status, (("content-type", "text/plain; charset=utf-8"),), text.encode("utf-8"))
         try:
-            await self._send_response(conn, stream, response)
+            await self._send_response(conn, stream, response, close=True)
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+class _Budget:
+    """One request's share of ``max_buffered_bytes``; released when the request is done."""
+
+    __slots__ = ("reserved", "server")
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.reserved = 0
+
+    def reserve(self, n: int) -> bool:
+        server = self.server
+        cap = server.limits.max_buffered_bytes
+        if cap and server.buffered + n > cap:
+            return False
+        server.buffered += n
+        self.reserved += n
+        return True
+
+    def release(self) -> None:
+        self.server.buffered -= self.reserved
+        self.reserved = 0
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
             try:
@@ -295,6 +451,13 @@ def _replay(request: Request, trailing: bytes) -> bytes:
     lines = [f"{request.method} {request.target} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in request.headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + bytes(trailing)
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, ValueError, TypeError, IndexError):
+        return "?"
 
 
 def _peer(stream: trio.SocketStream) -> str:

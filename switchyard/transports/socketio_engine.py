@@ -54,6 +54,7 @@ DEFAULT_ORIGINS = (
     "http://[::1]:*",
     "https://localhost:*",
     "https://127.0.0.1:*",
+    "https://[::1]:*",
 )
 
 

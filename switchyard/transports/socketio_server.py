@@ -6,50 +6,88 @@ per session. The application is a :class:`SocketIOHandler`:
 
 * ``on_connect(client, auth)`` for each namespace CONNECT; raise :class:`ConnectRefused`
   to answer the client's ``connect_error`` with your message. Before it is called the
-  server itself refuses a wrong/missing ``auth_token`` and, when ``max_clients``
-  clients are connected, any further one ("only one client at a time" by default);
+  server itself refuses a wrong/missing ``auth_token`` (presented as the CONNECT
+  ``auth`` payload ``{"token": ...}``, socket.io-client's ``auth`` option, or as a
+  ``token`` query parameter) and, when ``max_clients`` clients are connected, any
+  further one ("only one client at a time" by default);
 * ``on_event(client, name, args)`` returns the acknowledgement arguments (a list, or
   one value; ``None`` means none) which are sent if the client asked for an ack. The
   events of one client are handled one at a time, in the order they were sent;
 * ``on_disconnect(client, reason)`` once per connected client, whatever ended it.
 
 ``client.emit(name, *args)`` sends to a client from any task; it waits while the
-client has ``max_pending_out`` packets queued (backpressure).
+client has ``max_pending_out`` packets queued (backpressure), and a client that reads
+nothing for the engine's ``send_timeout`` is dropped.
+
+Protected mode: bound to a non-loopback ``host`` without an ``auth_token`` the config
+is refused unless ``allow_anonymous`` is true. A session that joins no namespace
+within ``connect_timeout`` is closed, and such sessions are the first shed when the
+engine's ``max_sessions`` is reached.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import attrs
 import trio
 
 from switchyard.protocols import socketio as sio
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.http_server import HttpLimits, HttpServer
 from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded, held
 
-__all__ = ["ConnectRefused", "SocketIOClient", "SocketIOConfig", "SocketIOHandler", "SocketIOServer"]
+__all__ = [
+    "ConnectRefused",
+    "SocketIOClient",
+    "SocketIOConfig",
+    "SocketIOHandler",
+    "SocketIOServer",
+    "is_loopback",
+]
 
 log = logging.getLogger("switchyard.transports.socketio")
 
 _BATCH = 64  # messages handled between two flushes at most
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @attrs.frozen
 class SocketIOConfig:
+    """Server options. ``auth_token`` is never shown in the repr (nor logged)."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     engine: EngineConfig = EngineConfig()
     namespaces: tuple[str, ...] = (sio.DEFAULT_NAMESPACE,)
     max_clients: int = 1  # 0: no limit
-    auth_token: str | None = None  # when set, CONNECT auth must be {"token": <this>}
-    connect_timeout: float = 45.0  # a session that joins no namespace by then is closed
+    auth_token: str | None = attrs.field(default=None, repr=False)  # when set, clients must present it
+    allow_anonymous: bool = False  # serve a non-loopback host without a token
+    connect_timeout: float = 10.0  # a session that joins no namespace by then is closed
     max_attachments: int = 16
     disconnect_timeout: float = 10.0  # bound on on_disconnect once the session is gone
-    http: HttpLimits | None = None  # default: body limit = max_payload
+    http: HttpLimits | None = None  # default: HttpLimits() with body limit = max_payload
+
+    def __attrs_post_init__(self) -> None:
+        if not self.auth_token and not self.allow_anonymous and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve Socket.IO on non-loopback host {self.host!r} without a token: "
+                "set auth_token, or allow_anonymous = true"
+            )
 
 
 class ConnectRefused(Exception):
@@ -157,10 +195,16 @@ class SocketIOServer:
         #: Connected clients by Socket.IO sid.
         self.clients: dict[str, SocketIOClient] = {}
         self._reserved = 0
+        #: One line per refused client or protocol error, rate-limited.
+        self.bad_input = RateLimitedLog(self.log, level=logging.INFO, what="refused Socket.IO clients")
         self.engine = EngineServer(self._session, config.engine, logger=self.log)
         limits = config.http or HttpLimits(max_body_bytes=config.engine.max_payload + 1024)
         self.http = HttpServer(
-            self.engine.handle_http, upgrade_handler=self.engine.handle_upgrade, limits=limits, logger=self.log
+            self.engine.handle_http,
+            upgrade_handler=self.engine.handle_upgrade,
+            precheck=self.engine.check_http,
+            limits=limits,
+            logger=self.log,
         )
         self.port: int | None = None
 
@@ -207,8 +251,11 @@ class SocketIOServer:
     async def _connect_timeout(self, link: _Link) -> None:
         await trio.sleep(self.config.connect_timeout)
         if not link.clients:
-            self.log.info(
-                "session %s joined no namespace within %g s; closing", link.sock.sid, self.config.connect_timeout
+            self.bad_input(
+                "session %s (%s) joined no namespace within %g s; closing",
+                link.sock.sid,
+                link.sock.request.client,
+                self.config.connect_timeout,
             )
             link.sock.close("connect timeout")
 
@@ -239,7 +286,7 @@ class SocketIOServer:
             try:
                 events = conn.receive(message)
             except sio.SocketIOError as exc:
-                self.log.warning("session %s (%s): protocol error, closing: %s", sock.sid, sock.request.client, exc)
+                self.bad_input("session %s (%s): protocol error, closing: %s", sock.sid, sock.request.client, exc)
                 sock.close("parse error")
                 return False
             for event in events:
@@ -259,16 +306,16 @@ class SocketIOServer:
 
     async def _on_connect(self, link: _Link, event: sio.ConnectRequested) -> None:
         conn, nsp, cfg = link.conn, event.nsp, self.config
-        if cfg.auth_token is not None:
-            token = event.auth.get("token") if isinstance(event.auth, dict) else None
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), cfg.auth_token.encode()):
-                self.log.info("client %s refused: invalid or missing auth token", link.sock.request.client)
+        if cfg.auth_token:
+            token = _presented_token(event.auth, link.sock.request.query)
+            if token is None or not hmac.compare_digest(token.encode(), cfg.auth_token.encode()):
+                self.bad_input("client %s refused: invalid or missing auth token", link.sock.request.client)
                 conn.refuse(nsp, "unauthorized: invalid or missing auth token", {"reason": "unauthorized"})
                 return
         if cfg.max_clients and len(self.clients) + self._reserved >= cfg.max_clients:
             who = "one client" if cfg.max_clients == 1 else f"{cfg.max_clients} clients"
             message = f"server busy: another client is already connected (only {who} at a time)"
-            self.log.info("client %s refused: %s", link.sock.request.client, message)
+            self.bad_input("client %s refused: %s", link.sock.request.client, message)
             conn.refuse(nsp, message, {"reason": "busy", "max_clients": cfg.max_clients})
             return
         client = SocketIOClient(link, nsp, secrets.token_urlsafe(15), event.auth)
@@ -285,6 +332,7 @@ class SocketIOServer:
         finally:
             self._reserved -= 1
         conn.accept(nsp, client.sid)
+        link.sock.mark_established()
         client.connected = True
         link.clients[nsp] = client
         self.clients[client.sid] = client
@@ -305,3 +353,12 @@ class SocketIOServer:
                 link.conn.ack(event.nsp, event.ack_id, args)
             except sio.SocketIOError as exc:
                 self.log.error("cannot acknowledge %r: %s", event.name, exc)
+
+
+def _presented_token(auth: Any, query: str) -> str | None:
+    """The token from the CONNECT ``auth`` payload, else from the ``token`` query parameter."""
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if isinstance(token, str):
+        return token
+    values = parse_qs(query).get("token") if "token=" in query else None
+    return values[0] if values else None

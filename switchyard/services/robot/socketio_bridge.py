@@ -19,6 +19,8 @@ worker is told ``stop`` so user threads end while loaded modules stay.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import attrs
@@ -26,30 +28,99 @@ import trio
 
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
 from switchyard.services.robot.messages import Push, RobotRequest, ack
-from switchyard.transports.socketio_engine import DEFAULT_ORIGINS, EngineConfig, SessionEnded
-from switchyard.transports.socketio_server import SocketIOClient, SocketIOConfig, SocketIOServer
+from switchyard.transports.http_server import HttpLimits
+from switchyard.transports.socketio_engine import EngineConfig, SessionEnded
+from switchyard.transports.socketio_server import SocketIOClient, SocketIOConfig, SocketIOServer, is_loopback
 
-__all__ = ["FORWARDED_EVENTS", "SocketIOBridgeActor", "SocketIOBridgeConfig"]
+__all__ = ["FORWARDED_EVENTS", "TOKEN_ENV", "SocketIOBridgeActor", "SocketIOBridgeConfig"]
 
 FORWARDED_EVENTS = ("update", "start", "process")
+
+#: Environment variable read for the token when the manifest sets no ``auth_token``.
+TOKEN_ENV = "SWITCHYARD_ROBOT_TOKEN"
+
+log = logging.getLogger("switchyard.services.robot.socketio_bridge")
+
+# Flat keys of older manifests -> the engine field each one now lives in.
+_LEGACY_ENGINE_KEYS = {
+    "path": "path",
+    "max_message_size": "max_payload",
+    "ping_interval": "ping_interval",
+    "ping_timeout": "ping_timeout",
+    "cors_allowed_origins": "cors_allowed_origins",
+    "allow_polling": "allow_polling",
+    "allow_websocket": "allow_websocket",
+    "max_sessions": "max_sessions",
+}
 
 
 @attrs.frozen
 class SocketIOBridgeConfig:
+    """The bridge's config: its own keys, the Engine.IO table ``engine`` and the HTTP
+    table ``http`` (see docs/robot.md). ``auth_token`` falls back to the environment
+    variable :data:`TOKEN_ENV`; it is never shown in the repr (nor logged).
+
+    The flat keys of older manifests (``path``, ``max_message_size``, ``ping_interval``,
+    ``ping_timeout``, ``cors_allowed_origins``, ``allow_polling``, ``allow_websocket``,
+    ``max_sessions``) still work, each with a one-line deprecation warning, and win
+    over the ``engine`` table.
+    """
+
     host: str = "127.0.0.1"
     port: int = 8000
-    path: str = "/socket.io/"
-    max_message_size: int = 100 * 1024 * 1024  # Engine.IO maxPayload
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    cors_allowed_origins: list[str] = attrs.Factory(lambda: list(DEFAULT_ORIGINS))
     max_clients: int = 1  # 0: no limit
-    auth_token: str | None = None  # when set, clients connect with auth {token: ...}
+    auth_token: str | None = attrs.field(default=None, repr=False)
+    allow_anonymous: bool = False  # serve a non-loopback host without a token
+    connect_timeout: float = 10.0  # a session that joins no namespace by then is closed
     worker: str = "robot_worker"  # actor that serves update/start/process/stop
     request_timeout: float = 330.0  # keep above the worker's max_execution_time
-    allow_polling: bool = True
-    allow_websocket: bool = True
-    max_sessions: int = 64
+    engine: EngineConfig = EngineConfig()
+    http: HttpLimits | None = None  # default: HttpLimits() with a body limit of engine.max_payload
+    # deprecated flat keys (see the class docstring)
+    path: str | None = None
+    max_message_size: int | None = None
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    cors_allowed_origins: list[str] | None = None
+    allow_polling: bool | None = None
+    allow_websocket: bool | None = None
+    max_sessions: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        legacy = {new: getattr(self, old) for old, new in _LEGACY_ENGINE_KEYS.items() if getattr(self, old) is not None}
+        if legacy:
+            old_keys = [old for old, new in _LEGACY_ENGINE_KEYS.items() if new in legacy]
+            log.warning(
+                "socketio_bridge: flat keys %s are deprecated; put them in the [actor.config.engine] table%s",
+                ", ".join(old_keys),
+                " (max_message_size is engine.max_payload)" if "max_payload" in legacy else "",
+            )
+            if "cors_allowed_origins" in legacy:
+                legacy["cors_allowed_origins"] = tuple(legacy["cors_allowed_origins"])
+            object.__setattr__(self, "engine", attrs.evolve(self.engine, **legacy))
+            for old in _LEGACY_ENGINE_KEYS:
+                object.__setattr__(self, old, None)
+        if not self.auth_token:
+            object.__setattr__(self, "auth_token", os.environ.get(TOKEN_ENV) or None)
+        if not self.auth_token and not self.allow_anonymous and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on non-loopback host {self.host!r} without a token: set auth_token in the "
+                f"manifest or {TOKEN_ENV} in the environment (clients send it as auth: {{token}}), "
+                "or allow_anonymous = true"
+            )
+
+    def server_config(self) -> SocketIOConfig:
+        """The :class:`SocketIOConfig` this bridge serves with."""
+        return SocketIOConfig(
+            host=self.host,
+            port=self.port,
+            engine=self.engine,
+            max_clients=self.max_clients,
+            auth_token=self.auth_token,
+            allow_anonymous=self.allow_anonymous,
+            connect_timeout=self.connect_timeout,
+            http=self.http,
+        )
 
 
 class SocketIOBridgeActor(Actor):
@@ -59,24 +130,7 @@ class SocketIOBridgeActor(Actor):
     mailbox_capacity = 256
 
     async def on_start(self) -> None:
-        cfg = self.config
-        engine = EngineConfig(
-            path=cfg.path if cfg.path.endswith("/") else cfg.path + "/",
-            ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout,
-            max_payload=cfg.max_message_size,
-            cors_allowed_origins=tuple(cfg.cors_allowed_origins),
-            allow_polling=cfg.allow_polling,
-            allow_websocket=cfg.allow_websocket,
-            max_sessions=cfg.max_sessions,
-        )
-        self.server = SocketIOServer(
-            self,
-            SocketIOConfig(
-                host=cfg.host, port=cfg.port, engine=engine, max_clients=cfg.max_clients, auth_token=cfg.auth_token
-            ),
-            logger=self.log,
-        )
+        self.server = SocketIOServer(self, self.config.server_config(), logger=self.log)
         self.port = await self.nursery.start(self.server.serve)
 
     # -- Socket.IO handler ------------------------------------------------------------
