@@ -35,7 +35,7 @@ import numpy as np
 
 from bench._harness import server_process
 from bench._stats import median, p99, section, table
-from switchyard.services.tensor.file_session import TensorSessionServer
+from switchyard.services.tensor.server import TensorSessionServer
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = 5

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 try:
-    from switchyard.services.tensor.file_session import main
+    from switchyard.services.tensor.cli import main
 except ImportError:  # a source checkout that is not installed: use the tree this file is in
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from switchyard.services.tensor.file_session import main
+    from switchyard.services.tensor.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,13 +16,12 @@ import pytest
 import trio
 
 from switchyard.services.tensor.file_client import DEFAULT_SCRIPT, PythonSession
-from switchyard.services.tensor.file_session import (
-    ENV_ROOT,
+from switchyard.services.tensor.file_session import ENV_ROOT, resolve_session_root
+from switchyard.services.tensor.server import (
     SessionBusyError,
     SessionError,
     TechRenaissanceServer,
     TensorSessionServer,
-    resolve_session_root,
 )
 
 
@@ -265,7 +264,7 @@ def test_client_launches_the_shipped_script(tmp_path):
 
 def test_console_entry_point_and_terminate(tmp_path):
     entry = Path(sys.executable).with_name("switchyard-tensor-session")  # the [project.scripts] entry
-    command = [str(entry)] if entry.exists() else [sys.executable, "-m", "switchyard.services.tensor.file_session"]
+    command = [str(entry)] if entry.exists() else [sys.executable, "-m", "switchyard.services.tensor.cli"]
     proc = subprocess.Popen([*command, "ep", "--root", str(tmp_path)])
     try:
         session = PythonSession(session_id="ep", root=tmp_path)

@@ -14,8 +14,8 @@ import zmq
 
 from switchyard.runtime.manifest import load_manifest
 from switchyard.services.tensor.client import TensorSessionClient
-from switchyard.services.tensor.file_session import SessionError, TensorSessionServer
 from switchyard.services.tensor.protocol import decode_reply, encode_request
+from switchyard.services.tensor.server import SessionError, TensorSessionServer
 from switchyard.services.tensor.zmq_session import TensorCommand, TensorSessionActor, TensorSessionConfig
 from switchyard.testing import ipc_endpoint, run_manifest, run_system
 

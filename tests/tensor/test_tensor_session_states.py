@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from switchyard.services.tensor.file_client import PythonSession
-from switchyard.services.tensor.file_session import SessionError
+from switchyard.services.tensor.server import SessionError
 from switchyard.services.tensor.tsr import encode
 from switchyard.testing.tsr import same_tensor, tsr_arrays
 

@@ -9,9 +9,9 @@ over ZeroMQ. The TSR codec is ``switchyard.services.tensor.tsr``. Names resolve 
 from switchyard.runtime.lazy import lazy_exports
 
 _EXPORTS = {
-    "TensorSessionServer": ".file_session",
-    "TechRenaissanceServer": ".file_session",
-    "SessionError": ".file_session",
+    "TensorSessionServer": ".server",
+    "TechRenaissanceServer": ".server",
+    "SessionError": ".server",
     "PythonSession": ".file_client",
     "TensorSessionActor": ".zmq_session",
     "TensorSessionConfig": ".zmq_session",

@@ -12,7 +12,7 @@ call it through ``trio.to_thread.run_sync`` or talk to the actor with
 ``send_tensor`` keeps the tensor and sends it with the next request (a TSR header
 frame plus its data, zero-copy); result tensors arrive with the response that names
 them, as arrays viewing the received frames. Times are in seconds; failures raise
-``TimeoutError`` or :class:`~switchyard.services.tensor.file_session.SessionError`
+``TimeoutError`` or :class:`~switchyard.services.tensor.server.SessionError`
 (carrying the server's ``error:`` status).
 """
 
@@ -29,7 +29,6 @@ import numpy as np
 import zmq
 
 from switchyard.services.tensor.file_client import SessionVerbs
-from switchyard.services.tensor.file_session import SessionError
 from switchyard.services.tensor.protocol import (
     Done,
     Response,
@@ -39,6 +38,7 @@ from switchyard.services.tensor.protocol import (
     parse_request,
     split_tags,
 )
+from switchyard.services.tensor.server import SessionError
 from switchyard.services.tensor.tsr import TSRError
 
 __all__ = ["TensorSessionClient"]

@@ -9,7 +9,7 @@ the way the C++ program does::
         r = session.calculate("matmul", np.ones((4, 3), np.float32), np.ones((3, 5), np.float32))
 
 Differences from the C++ class, all deliberate: times are in seconds; failures
-raise (``TimeoutError``, :class:`~switchyard.services.tensor.file_session.SessionError`
+raise (``TimeoutError``, :class:`~switchyard.services.tensor.server.SessionError`
 carrying the server's ``error:`` status) instead of returning ``""``; the client
 polls every ``poll_interval`` seconds (``cpp_backoff=True`` restores the C++ 32 ms
 to 1024 ms back-off); several result tags are supported (``wait_for_tensors``); the
@@ -18,7 +18,6 @@ server process is owned (``start`` launches it, ``close``/``terminate`` reap it)
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -36,10 +35,10 @@ from switchyard.services.tensor.file_session import (
     REQUEST,
     RESPONSE,
     STATUS,
-    SessionError,
     session_dir,
 )
-from switchyard.services.tensor.protocol import extract_params, split_tags
+from switchyard.services.tensor.protocol import render_request, response_text, split_tags
+from switchyard.services.tensor.server import SessionError
 from switchyard.services.tensor.tsr_file import load_tsr, save_tsr
 
 __all__ = ["DEFAULT_SCRIPT", "PythonSession", "SessionVerbs"]
@@ -245,10 +244,10 @@ class PythonSession(SessionVerbs):
     def send_request(self, msg: str | Mapping[str, Any]) -> None:
         """Write a request (tmp file, then rename). A str goes as is (JSON or plain
         ``"<cmd> <params>"``); a mapping is JSON-encoded."""
-        body = msg if isinstance(msg, str) else json.dumps(dict(msg), ensure_ascii=False)
+        body = render_request(msg)
         self._status_stamp = self._stamp()
         tmp = self.dir / "request.tmp"
-        tmp.write_bytes(body.encode("utf-8"))
+        tmp.write_bytes(body)
         os.replace(tmp, self.dir / REQUEST)
 
     def wait_for_response(self, timeout: float = 5.0) -> str:
@@ -256,13 +255,9 @@ class PythonSession(SessionVerbs):
         response = self.dir / RESPONSE
         if not self._poll(response.exists, timeout, check_status=True):
             raise TimeoutError(f"no response in {self.dir} after {timeout} s (status {self.status()!r})")
-        body = response.read_text(encoding="utf-8", errors="replace")
+        body = response.read_bytes()
         response.unlink(missing_ok=True)
-        try:
-            params = json.loads(body).get("params", "")
-            return params if isinstance(params, str) else str(params)
-        except (ValueError, AttributeError):
-            return extract_params(body)  # a server writing unescaped text: read it as C++ does
+        return response_text(body)
 
     # ---- tensors
 

@@ -53,8 +53,10 @@ __all__ = [
     "extract_params",
     "failed_command_status",
     "parse_request",
+    "render_request",
     "render_response",
     "request_id_of",
+    "response_text",
     "result_tags",
     "split_tags",
 ]
@@ -124,6 +126,32 @@ def render_response(cmd: str, params: str) -> bytes:
     end of the value, and plain text reaches it unchanged.
     """
     return f'{{"cmd": {_scan_safe(cmd)}, "params": {_scan_safe(params)}}}'.encode()
+
+
+def render_request(msg: str | Mapping[str, Any]) -> bytes:
+    """A ``request.json`` body: a str as is (JSON or plain ``"<cmd> <params>"``), a
+    mapping JSON-encoded (UTF-8, non-ASCII kept). Raises SessionProtocolError for a
+    mapping that is not JSON."""
+    if isinstance(msg, str):
+        return msg.encode("utf-8")
+    try:
+        return json_codec.encode(dict(msg))
+    except CodecError as exc:
+        raise SessionProtocolError(f"request: {exc}") from None
+
+
+def response_text(body: bytes | bytearray | memoryview) -> str:
+    """The text a client reads from a ``response.json`` body: its ``params`` when the
+    body is a JSON object, else the C++ client's naive scan (:func:`extract_params`),
+    so a server writing unescaped text is read as the C++ client reads it."""
+    try:
+        decoded = json_codec.decode(body)
+    except CodecError:
+        return extract_params(bytes(body).decode("utf-8", errors="replace"))
+    if not isinstance(decoded, dict):
+        return extract_params(bytes(body).decode("utf-8", errors="replace"))
+    params = decoded.get("params", "")
+    return params if isinstance(params, str) else str(params)
 
 
 def _scan_safe(text: str) -> str:

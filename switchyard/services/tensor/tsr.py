@@ -256,7 +256,7 @@ def encode_frames(array: Any) -> tuple[bytes, memoryview]:
     little-endian C-contiguous array of a TSR dtype, so it can go out zero-copy.
     """
     header, arr = _wire_array(array)
-    return header.pack(), memoryview(arr.reshape(-1)).cast("B")
+    return header.pack(), memoryview(arr.reshape(-1).data).cast("B")
 
 
 def encode(array: Any) -> bytes:

@@ -6,7 +6,7 @@ request carries its tensors as a 64-byte TSR header frame plus the raw data fram
 they reach ``main_logic`` as numpy arrays viewing the received frames, and result
 arrays go out as views of their memory: no copy either way.
 
-The commands are those of a :class:`~switchyard.services.tensor.file_session.TensorSessionServer`:
+The commands are those of a :class:`~switchyard.services.tensor.server.TensorSessionServer`:
 the built-ins (``hello``, ``matmul``, ``add``) or the subclass named by the
 ``server`` config key, so the same server code serves files and sockets. ``exit`` is
 acknowledged and ends nothing: the actor is a shared service, stopped by its system.
@@ -33,7 +33,6 @@ import numpy as np
 import trio
 
 from switchyard.runtime import Actor
-from switchyard.services.tensor.file_session import SessionError, load_server_class
 from switchyard.services.tensor.protocol import (
     MAX_TENSORS,
     Done,
@@ -45,6 +44,7 @@ from switchyard.services.tensor.protocol import (
     error_status,
     request_id_of,
 )
+from switchyard.services.tensor.server import SessionError, load_server_class
 from switchyard.transports.zmq_bridges import EndpointConfig, RouterStreamServer
 
 __all__ = ["TensorCommand", "TensorReply", "TensorSessionActor", "TensorSessionConfig"]
