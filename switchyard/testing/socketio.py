@@ -9,6 +9,11 @@ Socket.IO implementation) and strings hold no lone surrogates (the wire is UTF-8
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +28,12 @@ from switchyard.testing.ports import free_tcp_port
 from switchyard.testing.system import run_system
 
 __all__ = [
+    "NodeClientUnavailable",
     "engineio_frames",
     "engineio_packets",
     "json_text",
     "json_values",
+    "node_socketio_client",
     "open_robot_app",
     "project_zip",
     "socketio_event_names",
@@ -139,3 +146,71 @@ async def open_robot_app(
         )
         await system.spawn(SocketIOBridgeActor, name="socketio_bridge", config={"port": port, **(bridge or {})})
         yield system, port
+
+
+# -- the real Node socket.io-client ---------------------------------------------------
+
+
+class NodeClientUnavailable(Exception):
+    """node/npm are missing or the npm registry cannot be reached; the text says which."""
+
+
+def _registry_reachable(npm: str, timeout: float) -> str | None:
+    """None if the npm registry answers within ``timeout`` seconds, else why not."""
+    try:
+        registry = subprocess.run(
+            [npm, "config", "get", "registry"], capture_output=True, text=True, timeout=timeout
+        ).stdout.strip()
+    except subprocess.TimeoutExpired:
+        return "npm config get registry timed out"
+    registry = (registry or "https://registry.npmjs.org/").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{registry}/socket.io-client", timeout=timeout) as answer:
+            answer.read(1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"npm registry {registry} unreachable: {exc}"
+    return None
+
+
+def node_socketio_client(
+    *, version: str = "4", cache_dir: str | Path | None = None, probe_timeout: float = 5.0
+) -> Path:
+    """A folder holding ``node_modules/socket.io-client`` (``version``), installed from npm once.
+
+    The install is cached in ``cache_dir`` (default ``$SWITCHYARD_NODE_CACHE``, else
+    ``~/.cache/switchyard/node-socketio-client-<version>``) and reused across runs.
+    Before installing, the registry is probed for ``probe_timeout`` seconds, so an
+    offline host fails in seconds. Raises :class:`NodeClientUnavailable` with the reason.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise NodeClientUnavailable("node/npm are not installed (CI installs them: .ci/run)")
+    default = Path.home() / ".cache" / "switchyard" / f"node-socketio-client-{version}"
+    folder = Path(cache_dir or os.environ.get("SWITCHYARD_NODE_CACHE") or default)
+    if (folder / "node_modules" / "socket.io-client" / "package.json").is_file():
+        return folder
+    why = _registry_reachable(npm, probe_timeout)
+    if why is not None:
+        raise NodeClientUnavailable(why)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        result = subprocess.run(
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+                str(folder),
+                f"socket.io-client@{version}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        raise NodeClientUnavailable(f"npm install socket.io-client@{version} took over 180 s") from None
+    if result.returncode != 0:
+        raise NodeClientUnavailable(f"npm install socket.io-client@{version} failed: {result.stderr[-500:]}")
+    return folder

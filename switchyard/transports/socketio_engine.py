@@ -429,8 +429,10 @@ class EngineServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, sock)
                 await self._run_handler(sock)
-                # Let a closing session hand its CLOSE packet to a transport, briefly.
-                with trio.move_on_after(self.config.ping_timeout):
+                # Let a closing session hand its CLOSE packet to a transport, briefly; a
+                # session that never got established does not hold its slot for long.
+                linger = self.config.ping_timeout if sock.established else min(1.0, self.config.ping_timeout)
+                with trio.move_on_after(linger):
                     while sock.state is SessionState.CLOSING:
                         await sock.wait_changed()
                 nursery.cancel_scope.cancel()

@@ -33,8 +33,11 @@ function proc(socket, object, method, args) {
 
 async function main() {
   const socket = io(url);  // default client options
+  // The transport the session opened on. Read at "open", not at "connect": the upgrade
+  // probe starts as soon as the engine opens and may finish before the CONNECT ack
+  // arrives (a loaded host), so at "connect" the transport can already be websocket.
+  socket.io.once("open", () => { out.first_transport = socket.io.engine.transport.name; });
   await once(socket, "connect", 10000);
-  out.first_transport = socket.io.engine.transport.name;
   await waitFor(() => socket.io.engine.transport.name === "websocket", 10000, "upgrade to websocket");
   out.upgraded_transport = socket.io.engine.transport.name;
 
