@@ -9,7 +9,9 @@
      back): the most the service does;
    * 64 DEALER clients, open loop at 10,000 tasks/s offered: latency at that load;
    with batching on (``max_batch_size = 64``) and off (``max_batch_size = 1``), and
-   once with ``gc_freeze_after_start = false`` to show what that setting buys.
+   once with ``gc_freeze_after_start = false`` to show what that setting buys; the
+   lockstep client also against a bare pyzmq REP echo (the baseline) and against the
+   service with ``inline_run_us = 0`` (every batch through a worker thread).
    Every reply is checked for ``"status":"success"``; failures are counted.
 3. Once, for information: the closed-loop load through the scale-out broker with two
    local worker processes.
@@ -40,6 +42,7 @@ DURATION = 1.5  # seconds of load per measurement
 CLIENTS = 64
 SINGLE_TASKS = 1000
 PACED_RATE = 10_000
+INLINE_US = 200.0  # the engine's default inline_run_us
 
 
 # -- 1. the limit ----------------------------------------------------------------------
@@ -86,7 +89,21 @@ def _serve(spawn: Any, ready: Any) -> None:
     trio.run(main)
 
 
-def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: Any) -> None:
+def serve_rep_echo(endpoint: str, ready: Any) -> None:
+    """The baseline for the lockstep row: a bare blocking pyzmq REP socket answering
+    each task with a fixed success reply (no parsing, no model)."""
+    import zmq
+
+    reply = b'{"task_id":"bench","status":"success","result":{"label":0},"error":"","latency":0}'
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        sock.recv()
+        sock.send(reply)
+
+
+def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, inline_us: float, ready: Any) -> None:
     from switchyard.services.inference.service import InferenceActor, InferenceConfig
     from switchyard.testing import free_tcp_endpoint
 
@@ -96,6 +113,7 @@ def serve_inference(endpoint: str, max_batch_size: int, gc_freeze: bool, ready: 
             events_endpoint=free_tcp_endpoint(),
             max_batch_size=max_batch_size,
             gc_freeze_after_start=gc_freeze,
+            inline_run_us=inline_us,
         )
         await system.spawn(InferenceActor, name="inference", config=config)
 
@@ -351,17 +369,24 @@ def main() -> None:
     # noisy) and measures, in this order: 1 REQ client, 64 closed-loop DEALERs, and for
     # batching on the open-loop 10,000 tasks/s load.
     configs = {
-        "batching on": (64, True),
-        "batching off": (1, True),
-        "batching on, gc_freeze_after_start off": (64, False),
+        "batching on": (64, True, INLINE_US),
+        "batching off": (1, True, INLINE_US),
+        "batching on, inline runs off": (64, True, 0.0),
+        "batching on, gc_freeze_after_start off": (64, False, INLINE_US),
     }
+    lockstep = "1 REQ client, lockstep"
     results: dict[tuple[str, str], list[tuple[float, list[float], int]]] = {}
     for _ in range(args.runs):
-        for label, (batch, freeze) in configs.items():
+        results.setdefault(("bare pyzmq REP echo (baseline)", lockstep), []).append(
+            with_server(serve_rep_echo, (), lambda ep: single_client(ep, SINGLE_TASKS))
+        )
+        for label, (batch, freeze, inline_us) in configs.items():
 
             def measure(ep: str, label: str = label, batch: int = batch) -> None:
-                if label == "batching on" or label == "batching off":
-                    results.setdefault((label, "1 REQ client, lockstep"), []).append(single_client(ep, SINGLE_TASKS))
+                if label in ("batching on", "batching off", "batching on, inline runs off"):
+                    results.setdefault((label, lockstep), []).append(single_client(ep, SINGLE_TASKS))
+                if label == "batching on, inline runs off":
+                    return
                 results.setdefault((label, f"{CLIENTS} DEALERs, closed loop"), []).append(
                     many_clients(ep, CLIENTS, args.seconds)
                 )
@@ -370,7 +395,7 @@ def main() -> None:
                         paced_clients(ep, CLIENTS, PACED_RATE, args.seconds)
                     )
 
-            with_server(serve_inference, (batch, freeze), measure)
+            with_server(serve_inference, (batch, freeze, inline_us), measure)
     broker = with_server(serve_broker, (2,), lambda ep: many_clients(ep, CLIENTS, args.seconds))
 
     def summary(key: tuple[str, str]) -> tuple[float, float, float, float, int]:
@@ -386,14 +411,18 @@ def main() -> None:
             sum(e for *_, e in runs),
         )
 
+    echo_rate = summary(("bare pyzmq REP echo (baseline)", lockstep))[0]
     rows = []
     for key in results:
         rate, p50, tail, worst, errors = summary(key)
-        rows.append([f"service, {key[0]}, {key[1]}", fmt(rate), f"{p50:.2f}", f"{tail:.2f}", f"{worst:.2f}", errors])
+        name = key[0] if key[0].startswith("bare") else f"service, {key[0]}"
+        vs_echo = ratio(rate, echo_rate) if key[1] == lockstep else ""
+        rows.append([f"{name}, {key[1]}", fmt(rate), vs_echo, f"{p50:.2f}", f"{tail:.2f}", f"{worst:.2f}", errors])
     rows.append(
         [
             f"broker + 2 worker processes, {CLIENTS} DEALERs, closed loop (1 run)",
             fmt(broker[0]),
+            "",
             f"{percentile(broker[1], 50) * 1e3:.2f}",
             f"{p99(broker[1]) * 1e3:.2f}",
             "",
@@ -404,6 +433,7 @@ def main() -> None:
         [
             "through ZeroMQ (tcp loopback, Go-shaped JSON tasks)",
             "tasks/s",
+            "vs REP echo",
             "p50 ms",
             "p99 ms",
             "worst run p99 ms",
@@ -422,7 +452,14 @@ def main() -> None:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
+    lock_on = summary(("batching on", lockstep))[0]
     goal_rows = [
+        [
+            "1 REQ client lockstep vs a bare REP echo (same client)",
+            ratio(lock_on, echo_rate),
+            ">= 0.50x",
+            verdict(lock_on >= 0.5 * echo_rate),
+        ],
         ["max tasks/s through ZeroMQ (closed loop, batching on)", fmt(on), ">= 10,000", verdict(on >= 10_000)],
         [
             f"p99 at {PACED_RATE:,} tasks/s offered (ms)",

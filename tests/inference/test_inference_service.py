@@ -355,7 +355,37 @@ async def test_batching_off_runs_one_request_per_batch() -> None:
     async with _service(max_batch_size=1) as svc:
         bodies = [digit_task(f"o{i}", pixels(i)) for i in range(10)]
         assert all(parse_reply(f).ok for [f] in await roundtrips(svc.endpoint, bodies))
-        assert (await svc.actor_status())["batches"]["digits[64]"] == {"batches": 10, "rows": 10}
+        stats = (await svc.actor_status())["batches"]["digits[64]"]
+        assert (stats["batches"], stats["rows"]) == (10, 10)
+
+
+async def test_a_tiny_model_runs_inline_after_its_first_measured_run() -> None:
+    # the digits MLP runs in microseconds: after one thread run measured it, the
+    # lockstep tasks run in the event loop (no thread hop), with the same answers
+    async with _service(max_batch_size=1, inline_run_us=5000) as svc:
+        bodies = [digit_task(f"i{i}", pixels(i)) for i in range(8)]
+        replies = [parse_reply(f) for [f] in await roundtrips(svc.endpoint, bodies)]
+        assert all(r.ok for r in replies)
+        stats = (await svc.actor_status())["batches"]["digits[64]"]
+        assert stats["batches"] == 8 and stats["inline_batches"] == 7
+
+
+@pytest.mark.parametrize("inline_run_us", [0.0, 0.001])
+async def test_inline_runs_off_or_a_model_over_the_bound_always_uses_a_thread(inline_run_us: float) -> None:
+    async with _service(max_batch_size=1, inline_run_us=inline_run_us) as svc:
+        bodies = [digit_task(f"t{i}", pixels(i)) for i in range(5)]
+        assert all(parse_reply(f).ok for [f] in await roundtrips(svc.endpoint, bodies))
+        stats = (await svc.actor_status())["batches"]["digits[64]"]
+        assert stats["batches"] == 5 and stats["inline_batches"] == 0
+
+
+async def test_inline_and_thread_runs_give_the_same_results() -> None:
+    bodies = [digit_task(f"s{i}", pixels(i)) for i in range(6)]
+    answers = []
+    for inline_run_us in (0.0, 5000.0):
+        async with _service(max_batch_size=1, inline_run_us=inline_run_us) as svc:
+            answers.append([parse_reply(f).result for [f] in await roundtrips(svc.endpoint, bodies)])
+    assert answers[0] == answers[1]
 
 
 # --- events --------------------------------------------------------------------------

@@ -7,8 +7,12 @@ worker). It owns the :class:`~switchyard.services.inference.models.ModelRegistry
 
 Dynamic batching: a batcher takes the first waiting request, waits for a free core,
 then stacks whatever else is already waiting (plus what arrives within
-``max_delay_ms``) up to ``max_batch_size`` rows, runs it once in a worker thread and
-splits the result back to each caller. While both cores are busy requests pile up,
+``max_delay_ms``) up to ``max_batch_size`` rows, runs it once and splits the result
+back to each caller. A batch runs in a worker thread, unless the model's measured
+run time for that many rows is under ``inline_run_us``: then it runs in the
+batcher's own task, because a thread hop (two OS wake-ups) costs far more than a
+run of a few microseconds, most of all on a loaded host. That bounds how long an
+inline run may hold the event loop; a model that turns slow goes back to threads. While both cores are busy requests pile up,
 so batches grow exactly when load does; with ``max_delay_ms = 0`` an idle service
 adds no delay at all. ``max_batch_size = 1`` turns batching off.
 
@@ -72,6 +76,10 @@ class EngineConfig:
     max_delay_ms: float = 0.0
     #: Concurrent ``session.run`` calls (0 = one per CPU core).
     threads: int = 0
+    #: A batch whose expected run time (measured per row, per model and shape) is under
+    #: this many microseconds runs in the event loop instead of a worker thread
+    #: (0 = always a thread). It is also the longest an inline run should stall the loop.
+    inline_run_us: float = 200.0
     #: Decoded input bytes per task.
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     #: Tasks admitted at once; beyond this a task gets a "busy" error reply at once.
@@ -111,6 +119,7 @@ class Batcher:
         max_batch_size: int,
         max_delay: float,
         nursery: trio.Nursery,
+        inline_below: float = 0.0,
     ) -> None:
         self.model = model
         self._limiter = limiter
@@ -121,6 +130,10 @@ class Batcher:
         self._send, self._recv = trio.open_memory_channel[_Item](math.inf)
         self.batches = 0
         self.rows = 0
+        self.inline_batches = 0
+        self._inline_below = inline_below
+        # Seconds per row of recent runs (an EWMA); None until a run was measured.
+        self._per_row: float | None = None
 
     async def submit(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Results for ``rows`` (one dict per row); raises :class:`ModelError` if the run failed."""
@@ -139,13 +152,27 @@ class Batcher:
             first = carry if carry is not None else await self._recv.receive()
             carry = None
             token = object()
-            await self._limiter.acquire_on_behalf_of(token)
+            try:  # a free core is taken without a scheduler trip
+                self._limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                await self._limiter.acquire_on_behalf_of(token)
             try:
                 batch, carry = await self._collect(first)
             except BaseException:
                 self._limiter.release_on_behalf_of(token)
                 raise
-            self._nursery.start_soon(self._execute, batch, token)
+            if self._runs_inline(sum(len(item.rows) for item in batch)):
+                try:
+                    outcomes, took = _timed_compute(self.model, [item.rows for item in batch])
+                finally:
+                    self._limiter.release_on_behalf_of(token)
+                self.inline_batches += 1
+                self._deliver(batch, outcomes, took)
+            else:
+                self._nursery.start_soon(self._execute, batch, token)
+
+    def _runs_inline(self, rows: int) -> bool:
+        return self._per_row is not None and self._per_row * rows < self._inline_below
 
     async def _collect(self, first: _Item) -> tuple[list[_Item], _Item | None]:
         batch = [first]
@@ -157,11 +184,12 @@ class Batcher:
             except trio.WouldBlock:
                 if self._max_delay <= 0 or trio.current_time() >= deadline:
                     break
-                item = None
+                late: _Item | None = None
                 with trio.move_on_at(deadline):
-                    item = await self._recv.receive()
-                if item is None:
+                    late = await self._recv.receive()
+                if late is None:
                     break
+                item = late
             if rows + len(item.rows) > self._max_rows:
                 return batch, item  # starts the next batch
             batch.append(item)
@@ -170,7 +198,7 @@ class Batcher:
 
     async def _execute(self, batch: list[_Item], token: object) -> None:
         try:
-            outcomes = await trio.to_thread.run_sync(self.model.compute, [item.rows for item in batch])
+            outcomes, took = await trio.to_thread.run_sync(_timed_compute, self.model, [item.rows for item in batch])
         except BaseException:
             for item in batch:  # cancelled (shutdown): nobody may wait forever
                 item.error = "the inference service is shutting down"
@@ -178,11 +206,23 @@ class Batcher:
             raise
         finally:
             self._limiter.release_on_behalf_of(token)
+        self._deliver(batch, outcomes, took)
+
+    def _deliver(self, batch: list[_Item], outcomes: list[Any], took: float) -> None:
+        per_row = took / max(1, sum(len(item.rows) for item in batch))
+        self._per_row = per_row if self._per_row is None else 0.8 * self._per_row + 0.2 * per_row
         self.batches += 1
         for item, (results, error) in zip(batch, outcomes, strict=False):
             self.rows += len(item.rows)
             item.results, item.error = results, error
             item.done.set()
+
+
+def _timed_compute(model: LoadedModel, arrays: list[np.ndarray]) -> tuple[list[Any], float]:
+    """``model.compute(arrays)`` and the seconds it took (safe in any thread: no state)."""
+    started = time.perf_counter()
+    outcomes = model.compute(arrays)
+    return outcomes, time.perf_counter() - started
 
 
 def _frame_view(frame: Any) -> Any:
@@ -222,7 +262,7 @@ class InferenceEngine:
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
         return {
-            f"{name}{list(shape)}": {"batches": b.batches, "rows": b.rows}
+            f"{name}{list(shape)}": {"batches": b.batches, "rows": b.rows, "inline_batches": b.inline_batches}
             for (name, shape), b in self._batchers.items()
         }
 
@@ -305,6 +345,7 @@ class InferenceEngine:
                 max_batch_size=max(1, self.config.max_batch_size),
                 max_delay=max(0.0, self.config.max_delay_ms) / 1000.0,
                 nursery=self._nursery,
+                inline_below=max(0.0, self.config.inline_run_us) / 1e6,
             )
             self._batchers[key] = batcher
             self._nursery.start_soon(batcher.run)
