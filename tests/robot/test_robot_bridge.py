@@ -25,7 +25,7 @@ import threading
 import time
 
 push_message = None  # replaced by the framework
-STOP_MARK = {stop_mark!r}
+STOP_MARK = "stopped.txt"  # in the project folder: the only place user code may write
 
 
 class Robot:
@@ -71,10 +71,13 @@ def stop():
 """
 
 
-def make_project(stop_mark: Path) -> bytes:
-    return project_zip(
-        {"main.py": PROJECT.format(stop_mark=str(stop_mark)), "requirements.txt": "numpy\n"}, folder="my_robot"
-    )
+def make_project() -> bytes:
+    return project_zip({"main.py": PROJECT.format(), "requirements.txt": "numpy\n"}, folder="my_robot")
+
+
+def stop_mark(storage: Path) -> Path:
+    """Where the project's stop hooks write, seen from the server."""
+    return storage / "projects" / "current" / "stopped.txt"
 
 
 def call(client: socketio.Client, event: str, data: Any, timeout: float = 20) -> dict[str, Any]:
@@ -130,8 +133,7 @@ def wait_for_file_lines(path: Path, lines: set[str], timeout: float = 10.0) -> N
 
 @pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling-then-upgrade", "websocket-only"])
 async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
-    stop_mark = tmp_path / "stopped.txt"
-    zipped = base64.b64encode(make_project(stop_mark)).decode()
+    zipped = base64.b64encode(make_project()).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
 
         def run() -> dict[str, Any]:
@@ -152,7 +154,7 @@ async def test_full_flow(tmp_path: Path, transports: list[str] | None) -> None:
             c.sio.sleep(0.3)
             out["transport"] = c.sio.transport()
             c.sio.disconnect()
-            wait_for_file_lines(stop_mark, {"robot.stop", "module.stop"})
+            wait_for_file_lines(stop_mark(tmp_path / "storage"), {"robot.stop", "module.stop"})
             return out
 
         out = await trio.to_thread.run_sync(run)
@@ -254,8 +256,7 @@ async def test_hostile_zips_rejected_and_current_unchanged(tmp_path: Path) -> No
 
 
 async def test_max_execution_time_kills_and_restarts(tmp_path: Path) -> None:
-    stop_mark = tmp_path / "stopped.txt"
-    zipped = base64.b64encode(make_project(stop_mark)).decode()
+    zipped = base64.b64encode(make_project()).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
 
         def run() -> dict[str, Any]:
@@ -279,8 +280,7 @@ async def test_max_execution_time_kills_and_restarts(tmp_path: Path) -> None:
 
 
 async def test_os_exit_in_user_code(tmp_path: Path) -> None:
-    stop_mark = tmp_path / "stopped.txt"
-    zipped = base64.b64encode(make_project(stop_mark)).decode()
+    zipped = base64.b64encode(make_project()).decode()
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
 
         def run() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_robot_bridge import make_project, wait_for_file_lines
+from test_robot_bridge import make_project, stop_mark, wait_for_file_lines
 
 from switchyard.testing.socketio import NodeClientUnavailable, node_socketio_client, open_robot_app
 
@@ -33,9 +33,8 @@ def node_env() -> dict[str, str]:
 
 
 async def test_node_socketio_client_full_flow(node_env: dict[str, str], tmp_path: Path) -> None:
-    stop_mark = tmp_path / "stopped.txt"
     zip_path = tmp_path / "project.zip"
-    zip_path.write_bytes(make_project(stop_mark))
+    zip_path.write_bytes(make_project())
     async with open_robot_app(tmp_path / "storage", worker={"max_execution_time": MAX_EXEC}) as (_, port):
         with trio.fail_after(120):
             result = await trio.run_process(
@@ -47,7 +46,9 @@ async def test_node_socketio_client_full_flow(node_env: dict[str, str], tmp_path
             )
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
         assert result.returncode == 0, (out.get("error"), result.stderr.decode()[-2000:])
-        await trio.to_thread.run_sync(wait_for_file_lines, stop_mark, {"robot.stop", "module.stop"})
+        await trio.to_thread.run_sync(
+            wait_for_file_lines, stop_mark(tmp_path / "storage"), {"robot.stop", "module.stop"}
+        )
     assert out["version"].startswith("4.")
     assert out["first_transport"] == "polling"  # a default client starts with long-polling ...
     assert out["upgraded_transport"] == "websocket"  # ... and upgrades

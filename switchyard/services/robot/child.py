@@ -1,10 +1,15 @@
 """The robot worker's child process: loads the user's project and runs its calls.
 
 Started by :mod:`switchyard.services.robot.worker` as a separate program
-(``python -P child.py CMD_ENDPOINT PUB_ENDPOINT PROJECT_DIR``), never imported
-by it: user modules cannot be unloaded, so a new project means a new process. It
-imports only the standard library and pyzmq, so it starts fast and user code sees
-nothing of switchyard.
+(``python -s -P -u child.py CMD_ENDPOINT PUB_ENDPOINT PROJECT_DIR [LIMITS_JSON]``),
+usually inside the sandbox that :mod:`switchyard.services.robot.sandbox` sets up,
+never imported by it: user modules cannot be unloaded, so a new project means a new
+process. It imports only the standard library and pyzmq, so it starts fast and user
+code sees nothing of switchyard.
+
+Before it connects or loads anything it applies ``LIMITS_JSON``
+(``{"AS": bytes, "NPROC": n, "NOFILE": n, "FSIZE": bytes, "CPU": s}``) as hard
+rlimits, which user code cannot raise again, and sets ``no_new_privs``.
 
 Wire protocol (JSON frames, UTF-8):
 
@@ -28,6 +33,7 @@ and into the project's other modules that define ``push_message = None``.
 from __future__ import annotations
 
 import base64
+import ctypes
 import dataclasses
 import importlib.util
 import inspect
@@ -88,20 +94,50 @@ def _error(message: str, data: Any = None) -> dict[str, Any]:
     return {"status": "error", "message": message, "data": data}
 
 
-def _exception_reply(exc: BaseException, doing: str) -> dict[str, Any]:
+class Paths:
+    """Paths as the project's author should see them: project-relative, never the host's.
+
+    A file of the project is shown relative to its root (``main.py``, ``lib/x.py``),
+    one of the interpreter as ``<python>/lib/...``, any other as ``<host>/<name>``.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/") + "/"
+        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        self.python = sorted({p.rstrip("/") + "/" for p in prefixes if p}, key=len, reverse=True)
+
+    def file(self, filename: str) -> str:
+        if filename.startswith(self.root):
+            return filename[len(self.root) :]
+        for prefix in self.python:
+            if filename.startswith(prefix):
+                return "<python>/" + filename[len(prefix) :]
+        if filename.startswith("<") or not os.path.isabs(filename):
+            return filename
+        return "<host>/" + os.path.basename(filename)
+
+    def text(self, text: str) -> str:
+        text = text.replace(self.root, "")
+        for prefix in self.python:
+            text = text.replace(prefix, "<python>/")
+        return text
+
+
+def _exception_reply(exc: BaseException, doing: str, paths: Paths) -> dict[str, Any]:
     return _error(
-        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-        {"error_type": type(exc).__name__, "during": doing, "traceback": _user_traceback(exc)},
+        paths.text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__),
+        {"error_type": type(exc).__name__, "during": doing, "traceback": _user_traceback(exc, paths)},
     )
 
 
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback without this file's frames: what the project's author needs."""
+def _user_traceback(exc: BaseException, paths: Paths) -> str:
+    """The traceback without this file's frames, paths shown by ``paths``."""
     summary = traceback.TracebackException.from_exception(exc)
+    frames = [frame for frame in summary.stack if frame.filename != __file__][-20:]
     summary.stack = traceback.StackSummary.from_list(
-        [frame for frame in summary.stack if frame.filename != __file__][-20:]
+        [traceback.FrameSummary(paths.file(f.filename), f.lineno, f.name, line=f.line) for f in frames]
     )
-    return "".join(summary.format())
+    return paths.text("".join(summary.format()))
 
 
 class Pusher:
@@ -138,6 +174,7 @@ class Project:
 
     def __init__(self, root: str, push: Pusher) -> None:
         self.root = os.path.realpath(root)
+        self.paths = Paths(self.root)
         self.push = push
         self.module: types.ModuleType | None = None
 
@@ -147,7 +184,7 @@ class Project:
             return False
         path = os.path.join(self.root, "main.py")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no main.py in project {self.root}")
+            raise FileNotFoundError("the project has no main.py")
         if self.root not in sys.path:
             sys.path.insert(0, self.root)
         spec = importlib.util.spec_from_file_location("main", path)
@@ -190,7 +227,7 @@ class Project:
                 functions.append(name)
             elif self._is_context_object(value):
                 objects.append(name)
-        return {"project": self.root, "objects": objects, "functions": functions}
+        return {"project": "current", "objects": objects, "functions": functions}
 
     def _is_context_object(self, value: Any) -> bool:
         if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
@@ -230,7 +267,8 @@ class Project:
         """Call ``stop()`` on each context object, then the module-level ``stop()``."""
         if self.module is None:
             return {"stopped": [], "errors": [], "loaded": False}
-        stopped, errors = [], []
+        stopped: list[str] = []
+        errors: list[dict[str, str]] = []
         for name, value in list(vars(self.module).items()):
             if name.startswith("_") or not self._is_context_object(value):
                 continue
@@ -250,6 +288,11 @@ class Project:
         except Exception as exc:
             errors.append({"call": label, "error": f"{type(exc).__name__}: {exc}"})
 
+    def scrub(self, report: dict[str, Any]) -> dict[str, Any]:
+        for error in report["errors"]:
+            error["error"] = self.paths.text(error["error"])
+        return report
+
 
 def dispatch(project: Project, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
@@ -261,7 +304,7 @@ def dispatch(project: Project, request: Any) -> dict[str, Any]:
         try:
             loaded = project.load()
         except BaseException as exc:  # SystemExit from user code is a failed load, not our exit
-            return _exception_reply(exc, "loading main.py")
+            return _exception_reply(exc, "loading main.py", project.paths)
         if command == "start":
             message = "Project started" if loaded else "Project already loaded"
             return _ok(message, project.describe())
@@ -269,21 +312,41 @@ def dispatch(project: Project, request: Any) -> dict[str, Any]:
         try:
             result = project.call(params)
         except BaseException as exc:
-            return _exception_reply(exc, "process")
+            return _exception_reply(exc, "process", project.paths)
         label = ".".join(str(p) for p in (params.get("object"), params.get("method")) if p)
         return _ok(f"{label} executed", to_json_safe(result))
     if command == "stop":
-        report = project.stop()
+        report = project.scrub(project.stop())
         message = "nothing loaded" if not report["loaded"] else f"stopped: {', '.join(report['stopped']) or 'none'}"
         return (_ok if not report["errors"] else _error)(message, report)
     return _error(f"unknown command {command!r} (known: ping, start, process, stop)")
 
 
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def confine(limits: dict[str, int]) -> None:
+    """Apply ``limits`` as hard rlimits (capped at the inherited hard limit) and set no_new_privs."""
+    import resource
+
+    for name, value in limits.items():
+        which = getattr(resource, f"RLIMIT_{name}")
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the rlimits still hold
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: child.py CMD_ENDPOINT PUB_ENDPOINT PROJECT_DIR", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print("usage: child.py CMD_ENDPOINT PUB_ENDPOINT PROJECT_DIR [LIMITS_JSON]", file=sys.stderr)
         return 2
-    cmd_endpoint, pub_endpoint, root = argv
+    cmd_endpoint, pub_endpoint, root = argv[:3]
+    confine(json.loads(argv[3]) if len(argv) == 4 else {})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)

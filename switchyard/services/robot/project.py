@@ -21,6 +21,8 @@ What a caller may rely on:
   writing, since ZIP headers can lie) and only then points ``current`` at it, so a
   rejected or failed upload leaves ``current`` exactly as it was, and a reader sees
   either the old tree or the new one, never a mix;
+* the storage folder (``projects``' parent), ``projects/``, ``.releases/``, ``default/``
+  and staging folders are created mode 0700 (only the server's uid can read them);
 * all functions here block (file system, zlib): call them through ``trio.to_thread``.
 """
 
@@ -188,6 +190,15 @@ def _releases(projects: Path) -> Path:
     return projects / ".releases"
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` mode 0700 if missing (an existing one keeps its mode)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # whatever the umask
+
+
 def _new_id() -> str:
     return f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
 
@@ -206,10 +217,10 @@ def install_zip(projects: Path, data: bytes, limits: ZipLimits) -> InstallResult
     """Validate and install ``data`` as the current project (see module doc)."""
     plan = inspect_zip(data, limits)
     staging = projects / f".staging-{_new_id()}"
-    staging.mkdir(parents=True)
+    _private_dir(staging)
     try:
         _extract(data, plan, staging, limits)
-        _releases(projects).mkdir(exist_ok=True)
+        _private_dir(_releases(projects))
         release = _releases(projects) / _new_id()
         os.rename(staging, release)
     except BaseException:
@@ -228,6 +239,7 @@ def _copy_project(source: Path, dest: Path) -> None:
     shutil.copytree(
         source, dest, ignore=shutil.ignore_patterns("__pycache__", "__init__.py", "*.pyc"), dirs_exist_ok=True
     )
+    os.chmod(dest, 0o700)  # copytree copied the source folder's mode
 
 
 def _has_files(path: Path) -> bool:
@@ -240,15 +252,18 @@ def ensure_layout(projects: Path, default_source: Path | None = None) -> None:
     A ``current`` that is a plain directory (older layout, or made by hand) becomes a
     release. An empty or missing ``current`` gets a copy of ``default/``.
     """
-    projects.mkdir(parents=True, exist_ok=True)
+    projects.parent.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(projects.parent)
+    _private_dir(projects)
     default = projects / "default"
     if not _has_files(default):
+        _private_dir(default)
         _copy_project(default_source or shipped_default(), default)
     for leftover in projects.glob(".staging-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     for leftover in projects.glob(".current-*"):
         leftover.unlink(missing_ok=True)
-    _releases(projects).mkdir(exist_ok=True)
+    _private_dir(_releases(projects))
     current = projects / "current"
     if current.is_dir() and not current.is_symlink():
         release = _releases(projects) / _new_id()
@@ -265,8 +280,9 @@ def ensure_current(projects: Path) -> bool:
     release = _releases(projects) / _new_id()
     staging = projects / f".staging-{_new_id()}"
     try:
+        _private_dir(staging)
         _copy_project(projects / "default", staging)
-        _releases(projects).mkdir(exist_ok=True)
+        _private_dir(_releases(projects))
         os.rename(staging, release)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -5,6 +5,12 @@ cannot unload modules, so a new project, a crash or a runaway call is dealt with
 replacing the process. This actor owns that process (``trio.run_process`` inside the
 actor's nursery: it cannot outlive the actor) and two ZeroMQ sockets:
 
+User code is confined by :mod:`switchyard.services.robot.sandbox` (bubblewrap when
+present, an unprivileged uid when the server is root, resource limits, a clean
+environment); the config keys below say how. The process's output is read through
+pipes and copied to the server's stdout/stderr: user code never holds the server's
+own descriptors.
+
 * a REQ socket per process, bound at ``ipc://<ipc_dir>/cmd-<n>.sock``, for commands
   ``{command, data, params}`` answered ``{status, message, data}`` (REQ-REP);
 * one SUB socket bound at ``ipc://<ipc_dir>/callbacks.sock`` for what user code
@@ -27,7 +33,9 @@ ack dict ``{status, message, data}``:
   and the caller told, one that dies between calls is restarted and ``worker_crashed``
   is pushed.
 
-Commands run one at a time, in mailbox order.
+Commands run one at a time, in mailbox order. Error acks never carry the server's
+absolute paths: the child shows project-relative ones and the actor replaces the
+storage and socket directories in whatever else reaches it.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import base64
 import binascii
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +52,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -52,6 +61,7 @@ import zmq
 from switchyard.protocols.codec import CodecError, json_codec
 from switchyard.runtime import Actor, ActorNotFound, ActorStopped
 from switchyard.services.robot import project as robot_project
+from switchyard.services.robot import sandbox as robot_sandbox
 from switchyard.services.robot.messages import COMMANDS, WORKER_CRASHED, Push, RobotRequest, ack
 from switchyard.transports.zmq import SocketOptions, ZmqSocket, open_socket
 
@@ -73,6 +83,41 @@ class RobotWorkerConfig:
     ipc_dir: str = ""  # directory for the ipc:// sockets ("" = a private temp dir)
     start_timeout: float = 20.0
     stop_grace: float = 2.0  # SIGTERM -> SIGKILL when replacing the process
+    # confinement of user code (docs/robot.md, "Security model")
+    sandbox: Literal["auto", "required", "off"] = "auto"
+    network: bool = True
+    user: str = "nobody"  # the uid user code runs as when the server is root
+    groups: tuple[str, ...] = ()  # its supplementary groups (e.g. "dialout")
+    max_memory_bytes: int = 2 * 1024**3
+    max_processes: int = 256
+    max_open_files: int = 1024
+    max_file_bytes: int = 1024**3
+    max_cpu_seconds: int = 0
+    max_tmp_bytes: int = 256 * 1024**2
+    env: dict[str, str] = attrs.field(factory=dict)
+    pass_env: tuple[str, ...] = ()
+    ro_paths: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+    def sandbox_settings(self) -> robot_sandbox.SandboxSettings:
+        return robot_sandbox.SandboxSettings(
+            mode=self.sandbox,
+            network=self.network,
+            user=self.user,
+            groups=self.groups,
+            limits=robot_sandbox.Limits(
+                memory_bytes=self.max_memory_bytes,
+                processes=self.max_processes,
+                open_files=self.max_open_files,
+                file_bytes=self.max_file_bytes,
+                cpu_seconds=self.max_cpu_seconds,
+                tmp_bytes=self.max_tmp_bytes,
+            ),
+            env=dict(self.env),
+            pass_env=self.pass_env,
+            ro_paths=self.ro_paths,
+            devices=self.devices,
+        )
 
 
 @attrs.define
@@ -87,6 +132,7 @@ class _Process:
     died_in_call: bool = False  # it exited while busy: that caller reports it
     call_scope: trio.CancelScope | None = None  # cancelled if the process exits mid-call
     loaded: bool = False  # a start/process succeeded, so current/ was there
+    output: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # the pumps of its stdout/stderr
 
 
 @attrs.frozen
@@ -100,9 +146,23 @@ class WorkerStartError(RuntimeError):
     pass
 
 
+OUTPUT_DRAIN = 1.0  # seconds the output pumps get after the process exited
+
+
+@asynccontextmanager
+async def _lifeline() -> AsyncIterator[int]:
+    """A pipe's read end for the children; its write end stays open as long as we run."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    try:
+        yield read
+    finally:
+        os.close(write)
+        os.close(read)
+
+
 @asynccontextmanager
 async def _private_dir() -> AsyncIterator[str]:
-    path = tempfile.mkdtemp(prefix="sy-robot-")
+    path = tempfile.mkdtemp(prefix="sy-robot-")  # 0700
     try:
         yield path
     finally:
@@ -126,14 +186,37 @@ class RobotWorkerActor(Actor):
         )
         await trio.to_thread.run_sync(robot_project.ensure_layout, self.projects)
         if cfg.ipc_dir:
-            os.makedirs(cfg.ipc_dir, exist_ok=True)
-            self.ipc_dir = cfg.ipc_dir
+            os.makedirs(cfg.ipc_dir, mode=0o700, exist_ok=True)
+            self.ipc_dir = os.path.abspath(cfg.ipc_dir)
         else:
             self.ipc_dir = await self.enter(_private_dir())
+        self.sandbox = await robot_sandbox.prepare(
+            cfg.sandbox_settings(),
+            python=cfg.python or sys.executable,
+            child_script=CHILD_SCRIPT,
+            storage_root=self.projects.parent,
+            ipc_dir=self.ipc_dir,
+        )
+        if self.sandbox.warning:
+            self.log.warning("%s", self.sandbox.warning)
+        self._lifeline = await self.enter(_lifeline())
+        await trio.to_thread.run_sync(self._open_paths)
+        self._scrubs = sorted(
+            {
+                (str(self.projects), "projects"),
+                (str(self.projects.resolve()), "projects"),
+                (str(self.projects.parent), "<storage>"),
+                (str(self.projects.parent.resolve()), "<storage>"),
+                (self.ipc_dir, "<ipc>"),
+            },
+            key=lambda pair: len(pair[0]),
+            reverse=True,
+        )
         self.pub_endpoint = f"ipc://{self.ipc_dir}/callbacks.sock"
         self._sub = await self.enter(
             open_socket(zmq.SUB, bind=self.pub_endpoint, options=SocketOptions(subscribe=(b"",), rcvhwm=10_000))
         )
+        self.sandbox.prepare_socket(self.pub_endpoint.removeprefix("ipc://"))
         self._lock = trio.Lock()
         self._worker: _Process | None = None
         self._generation = 0
@@ -145,10 +228,28 @@ class RobotWorkerActor(Actor):
         async with self._lock:
             await self._spawn()
         self.log.info(
-            "robot worker ready: projects in %s, process pid %d",
+            "robot worker ready: projects in %s, process pid %d, %s",
             self.projects,
             self._worker.process.pid if self._worker else -1,
+            self._describe_confinement(),
         )
+
+    def _open_paths(self) -> None:
+        self.sandbox.prepare_dir(self.ipc_dir)
+        self.sandbox.open_storage(self.projects.parent, self.projects, self.projects / ".releases")
+
+    def _describe_confinement(self) -> str:
+        box = self.sandbox
+        who = f"uid {box.identity.uid}" if box.identity is not None else f"uid {os.geteuid()} (no drop)"
+        where = "bubblewrap" if box.uses_bwrap else "no filesystem confinement"
+        net = "network on" if box.settings.network else "network off"
+        return f"user code under {where}, as {who}, {net}"
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the server's absolute storage and socket paths."""
+        for path, label in self._scrubs:
+            text = text.replace(path, label)
+        return text
 
     async def handle(self, message: Any) -> Any:
         if not isinstance(message, RobotRequest):
@@ -162,7 +263,7 @@ class RobotWorkerActor(Actor):
 
     # -- update ------------------------------------------------------------------
     async def _update(self, payload: Any) -> dict[str, Any]:
-        blob = None
+        blob: Any = None
         if isinstance(payload, dict):
             blob = payload.get("data", payload.get("zip_data"))
         if blob is None:
@@ -174,24 +275,24 @@ class RobotWorkerActor(Actor):
                     "error", f"project rejected: ZIP is about {approx} bytes; the limit is {self.limits.max_zip_bytes}"
                 )
             try:
-                blob = await trio.to_thread.run_sync(_decode_base64, blob)
+                data = await trio.to_thread.run_sync(_decode_base64, blob)
             except ValueError as exc:
                 return ack("error", f"project rejected: {exc}")
-        elif not isinstance(blob, (bytes, bytearray)):
+        elif isinstance(blob, (bytes, bytearray)):
+            data = bytes(blob)
+        else:
             return ack("error", f"'data' must be a base64 string or binary, not {type(blob).__name__}")
         async with self._lock:
             try:
-                result = await trio.to_thread.run_sync(
-                    robot_project.install_zip, self.projects, bytes(blob), self.limits
-                )
+                result = await trio.to_thread.run_sync(robot_project.install_zip, self.projects, data, self.limits)
             except robot_project.ProjectRejected as exc:
                 self.log.info("project upload rejected: %s", exc)
                 return ack("error", f"project rejected: {exc}")
             except OSError as exc:
                 self.log.error("project install failed: %s", exc)
-                return ack("error", f"project could not be installed: {exc}")
+                return ack("error", self._scrub(f"project could not be installed: {exc}"))
             await self._replace_process("project updated")
-        data = {
+        info = {
             "files": result.files,
             "bytes": result.total_bytes,
             "top_folder": result.prefix.rstrip("/"),
@@ -201,7 +302,7 @@ class RobotWorkerActor(Actor):
         if result.has_requirements:
             message += " (requirements.txt is not installed by the server)"
         self.log.info("project installed: %d files, %d bytes", result.files, result.total_bytes)
-        return ack("success", message, data)
+        return ack("success", message, info)
 
     # -- start / process / stop -----------------------------------------------------
     async def _forward(self, command: str, payload: Any) -> dict[str, Any]:
@@ -278,7 +379,12 @@ class RobotWorkerActor(Actor):
                 return _Outcome(ack("error", f"worker sent an unreadable reply: {exc}"))
             if not isinstance(reply, dict) or reply.get("status") not in ("success", "error"):
                 return _Outcome(ack("error", "worker sent a reply without a status"))
-            return _Outcome(ack(reply["status"], str(reply.get("message", "")), reply.get("data")))
+            message, data = str(reply.get("message", "")), reply.get("data")
+            if reply["status"] == "error":
+                message = self._scrub(message)
+                if isinstance(data, dict) and isinstance(data.get("traceback"), str):
+                    data = {**data, "traceback": self._scrub(data["traceback"])}
+            return _Outcome(ack(reply["status"], message, data))
         if worker.exited.is_set() or worker.req.closed:
             return _Outcome(crashed=True)
         return _Outcome(timed_out=timer.cancelled_caught)
@@ -290,45 +396,93 @@ class RobotWorkerActor(Actor):
         number = self._generation
         endpoint = f"ipc://{self.ipc_dir}/cmd-{number}.sock"
         project = robot_project.current_project(self.projects)
-        self._worker = await self.nursery.start(self._run_process, number, endpoint, project)
+        await trio.to_thread.run_sync(self.sandbox.prepare_project, project)
+        uid = self.sandbox.identity.uid if self.sandbox.identity is not None else os.getuid()
+        existing = await trio.to_thread.run_sync(robot_sandbox.count_tasks, uid) if uid != 0 else 0
+        launch = self.sandbox.launch(
+            project=project,
+            ipc_dir=self.ipc_dir,
+            cmd_name=f"cmd-{number}.sock",
+            pub_name="callbacks.sock",
+            rlimits=self.sandbox.settings.limits.rlimits(existing),
+            lifeline=self._lifeline,
+        )
+        self._worker = await self.nursery.start(self._run_process, number, endpoint, launch)
 
     async def _run_process(
-        self, number: int, endpoint: str, project: Path, *, task_status: trio.TaskStatus[_Process]
+        self, number: int, endpoint: str, launch: robot_sandbox.Launch, *, task_status: trio.TaskStatus[_Process]
     ) -> None:
-        python = self.config.python or sys.executable
-        argv = [python, "-P", CHILD_SCRIPT, endpoint, self.pub_endpoint, str(project)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with open_socket(zmq.REQ, bind=endpoint, options=SocketOptions(linger_ms=0)) as req:
+            self.sandbox.prepare_socket(endpoint.removeprefix("ipc://"))
             async with trio.open_nursery() as nursery:
-                process = await nursery.start(
-                    partial(trio.run_process, argv, check=False, stdin=subprocess.DEVNULL, cwd=str(project), env=env)
+                process: trio.Process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        launch.argv,
+                        check=False,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        cwd=launch.cwd,
+                        env=launch.env,
+                        deliver_cancel=self._deliver_cancel,
+                        **launch.options,
+                    )
                 )
                 worker = _Process(number, process, req, endpoint)
-                nursery.start_soon(_watch_exit, worker)
+                nursery.start_soon(self._pump_output, worker)
+                nursery.start_soon(self._watch_exit, worker)
                 outcome = await self._call(worker, {"command": "ping"}, self.config.start_timeout)
                 if outcome.reply is None or outcome.reply["status"] != "success":
                     worker.expected_exit = True
-                    process.kill()
+                    self.sandbox.signal(process, signal.SIGKILL)
                     why = "timed out" if outcome.timed_out else f"exited with code {process.returncode}"
                     raise WorkerStartError(
                         f"worker process {why} before answering (after {self.config.start_timeout:g} s at most)"
                     )
-                self.log.debug("worker process %d (pid %d) ready for %s", number, process.pid, project)
+                self.log.debug("worker process %d (pid %d) ready", number, process.pid)
                 task_status.started(worker)
         _unlink_ipc(endpoint)
         if not worker.expected_exit and not worker.died_in_call:
             self.nursery.start_soon(self._after_crash, worker)
+
+    async def _deliver_cancel(self, process: trio.Process) -> None:
+        """On shutdown: SIGTERM to everything the child started, SIGKILL after ``stop_grace``."""
+        self.sandbox.signal(process, signal.SIGTERM)
+        await trio.sleep(self.config.stop_grace)
+        self.sandbox.signal(process, signal.SIGKILL)
+
+    async def _watch_exit(self, worker: _Process) -> None:
+        try:
+            await worker.process.wait()
+        finally:
+            self.sandbox.sweep(worker.process)
+            worker.died_in_call = worker.busy
+            worker.exited.set()
+            if worker.call_scope is not None:
+                worker.call_scope.cancel()
+            # A descendant that escaped the sweep may hold the pipes open: let the
+            # pumps drain what was written, then stop them.
+            worker.output.deadline = trio.current_time() + OUTPUT_DRAIN
+
+    async def _pump_output(self, worker: _Process) -> None:
+        process = worker.process
+        with worker.output:
+            async with trio.open_nursery() as nursery:
+                for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr")):
+                    if stream is not None:
+                        nursery.start_soon(_copy_output, stream, name)
 
     async def _replace_process(self, why: str) -> None:
         """Stop the current process (SIGTERM, then SIGKILL) and start a new one."""
         worker, self._worker = self._worker, None
         if worker is not None and not worker.exited.is_set():
             worker.expected_exit = True
-            worker.process.terminate()
+            self.sandbox.signal(worker.process, signal.SIGTERM)
             with trio.move_on_after(self.config.stop_grace):
                 await worker.exited.wait()
             if not worker.exited.is_set():
-                worker.process.kill()
+                self.sandbox.signal(worker.process, signal.SIGKILL)
                 await worker.exited.wait()
         self.restarts += 1
         self.log.info("restarting the worker process (%s)", why)
@@ -381,14 +535,25 @@ class RobotWorkerActor(Actor):
                 self.log.warning("cannot deliver pushed events to %r: %s", self.config.notify, exc)
 
 
-async def _watch_exit(worker: _Process) -> None:
+async def _copy_output(stream: trio.abc.ReceiveStream, name: str) -> None:
+    """Copy what the process writes to the server's ``sys.stdout``/``sys.stderr``."""
+    async with stream:
+        async for chunk in stream:
+            await trio.to_thread.run_sync(_write_out, name, bytes(chunk))
+
+
+def _write_out(name: str, chunk: bytes) -> None:
+    out = getattr(sys, name)
+    buffer = getattr(out, "buffer", None)
     try:
-        await worker.process.wait()
-    finally:
-        worker.died_in_call = worker.busy
-        worker.exited.set()
-        if worker.call_scope is not None:
-            worker.call_scope.cancel()
+        if buffer is not None:
+            buffer.write(chunk)
+            buffer.flush()
+        else:
+            out.write(chunk.decode("utf-8", "replace"))
+            out.flush()
+    except (OSError, ValueError):
+        pass  # the server's own stream is closed: the output has nowhere to go
 
 
 def _unlink_ipc(endpoint: str) -> None:
