@@ -228,14 +228,14 @@ def _covered(path: str, roots: Iterable[str]) -> bool:
 def _reachable(path: str, ident: Identity, *, want: int) -> str | None:
     """None if ``ident`` can reach ``path`` (search on each ancestor, ``want`` on it), else why."""
     gids = {ident.gid, *ident.groups}
-    target = Path(os.path.abspath(path))
-    for current in (*reversed(target.parents), target):
-        try:
-            st = os.stat(current)
-        except OSError as exc:
-            return f"{current}: {exc.strerror}"
-        if not _allowed(st, ident.uid, gids, want if current == target else stat.S_IXUSR):
-            return f"{current} is mode {stat.S_IMODE(st.st_mode):04o} owned by uid {st.st_uid}"
+    for target in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:  # the link and what it names
+        for current in (*reversed(target.parents), target):
+            try:
+                st = os.stat(current)
+            except OSError as exc:
+                return f"{current}: {exc.strerror}"
+            if not _allowed(st, ident.uid, gids, want if current == target else stat.S_IXUSR):
+                return f"{current} is mode {stat.S_IMODE(st.st_mode):04o} owned by uid {st.st_uid}"
     return None
 
 
@@ -586,7 +586,7 @@ async def prepare(
                 (interpreter.executable, stat.S_IXUSR),
                 *((path, stat.S_IXUSR) for path in interpreter.bind),
                 (child_script, stat.S_IRUSR),
-                (ipc_dir, stat.S_IXUSR),
+                (os.path.dirname(ipc_dir), stat.S_IXUSR),  # the folder itself is made 0711
                 (str(storage_root.parent), stat.S_IXUSR),
             ]
             for path, want in checks:
