@@ -134,9 +134,27 @@ class Batcher:
         self._inline_below = inline_below
         # Seconds per row of recent runs (an EWMA); None until a run was measured.
         self._per_row: float | None = None
+        # Set by a run in the caller's task, cleared at the next scheduler pass (see submit).
+        self._ran_now = False
+        self._rearm = trio.lowlevel.ParkingLot()
+        self.immediate = 0
 
     async def submit(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        """Results for ``rows`` (one dict per row); raises :class:`ModelError` if the run failed."""
+        """Results for ``rows`` (one dict per row); raises :class:`ModelError` if the run failed.
+
+        When the batcher is idle, a core is free, the model runs inline for this many
+        rows and no other request ran this way since the last scheduler pass, the run
+        happens right here without any task switch (a lockstep client's case). A
+        burst served within one pass thus runs its first request at once and batches
+        the rest.
+        """
+        immediate = self._run_now(rows)
+        if immediate is not None:
+            results, error = immediate
+            if error is not None:
+                raise ModelError(error)
+            assert results is not None
+            return results
         item = _Item(rows)
         self._send.send_nowait(item)
         await item.done.wait()
@@ -144,6 +162,37 @@ class Batcher:
             raise ModelError(item.error)
         assert item.results is not None
         return item.results
+
+    def _run_now(self, rows: np.ndarray) -> Any:
+        """The outcome of running ``rows`` in the caller's task, or None if it must queue."""
+        if self._ran_now or not self._runs_inline(len(rows)) or self._recv.statistics().current_buffer_used:
+            return None
+        token = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(token)
+        except trio.WouldBlock:
+            return None
+        try:
+            outcomes, took = _timed_compute(self.model, [rows])
+        finally:
+            self._limiter.release_on_behalf_of(token)
+        self._ran_now = True
+        self._rearm.unpark()
+        self.immediate += 1
+        self._record(took, len(rows))
+        self.batches += 1
+        self.rows += len(rows)
+        return outcomes[0]
+
+    async def rearm(self) -> None:
+        """Clear the ran-now mark once per scheduler pass (runs in the engine's nursery)."""
+        while True:
+            await self._rearm.park()
+            self._ran_now = False
+
+    def _record(self, took: float, rows: int) -> None:
+        per_row = took / max(1, rows)
+        self._per_row = per_row if self._per_row is None else 0.8 * self._per_row + 0.2 * per_row
 
     async def run(self) -> None:
         """Collect and launch batches forever (runs in the engine's nursery)."""
@@ -209,8 +258,7 @@ class Batcher:
         self._deliver(batch, outcomes, took)
 
     def _deliver(self, batch: list[_Item], outcomes: list[Any], took: float) -> None:
-        per_row = took / max(1, sum(len(item.rows) for item in batch))
-        self._per_row = per_row if self._per_row is None else 0.8 * self._per_row + 0.2 * per_row
+        self._record(took, sum(len(item.rows) for item in batch))
         self.batches += 1
         for item, (results, error) in zip(batch, outcomes, strict=False):
             self.rows += len(item.rows)
@@ -262,7 +310,11 @@ class InferenceEngine:
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
         return {
-            f"{name}{list(shape)}": {"batches": b.batches, "rows": b.rows, "inline_batches": b.inline_batches}
+            f"{name}{list(shape)}": {
+                "batches": b.batches,
+                "rows": b.rows,
+                "inline_batches": b.inline_batches + b.immediate,
+            }
             for (name, shape), b in self._batchers.items()
         }
 
@@ -349,4 +401,5 @@ class InferenceEngine:
             )
             self._batchers[key] = batcher
             self._nursery.start_soon(batcher.run)
+            self._nursery.start_soon(batcher.rearm)
         return batcher
