@@ -94,6 +94,22 @@ def whoami():
     return [os.getuid(), os.getgid(), os.getpid(), os.getppid()]
 
 
+def threads(n):
+    import threading
+
+    release = threading.Event()
+    started = 0
+    try:
+        for _ in range(n):
+            threading.Thread(target=release.wait, daemon=True).start()
+            started += 1
+    except RuntimeError:
+        return ["limited", started]
+    finally:
+        release.set()
+    return ["unlimited", started]
+
+
 def boom():
     raise ValueError("failed in " + __file__ + " under " + os.getcwd())
 """
@@ -318,6 +334,14 @@ async def test_file_size_and_open_file_limits(mode: Mode) -> None:
     assert "Max address space         2147483648           2147483648" in limits
 
 
+async def test_process_limit(mode: Mode) -> None:
+    async with hostile_worker(mode, max_processes=40) as call:
+        limited = await call("threads", 500)
+        after = await call("threads", 5)  # the earlier threads are gone: room again
+    assert limited["data"][0] == "limited" and limited["data"][1] < 40, limited
+    assert after["data"] == ["unlimited", 5]
+
+
 async def test_setsid_grandchild_is_gone_after_the_worker_stops(mode: Mode) -> None:
     marker = f"{3000 + int(uuid.uuid4().int % 1000)}.{uuid.uuid4().int % 10**6:06d}"
     async with hostile_worker(mode) as call:
@@ -375,3 +399,15 @@ async def test_storage_folders_are_private(mode: Mode) -> None:
     for path in (mode.storage, projects, projects / ".releases"):
         assert path.stat().st_mode & 0o777 == expected, path
     assert (projects / "default").stat().st_mode & 0o777 == 0o700
+
+
+async def test_sandbox_outlives_idle_spawning_threads(mode: Mode) -> None:
+    # The process is forked from a Trio worker thread, which exits after 10 s idle; a
+    # PR_SET_PDEATHSIG bound to that thread would kill the sandbox then.
+    if not mode.bwrap:
+        pytest.skip("only bubblewrap uses a parent-death signal")
+    async with hostile_worker(mode) as call:
+        before = (await call("whoami"))["data"]
+        await trio.sleep(11.5)
+        after = (await call("whoami"))["data"]
+    assert after == before  # the same process: nothing died and restarted
