@@ -248,6 +248,23 @@ def main() -> None:
         _row("baseline: numpy.copyto 64 MiB (one copy)", copy["64mb"], 64 * MiB, copy["64mb"], ""),
     ]
     body = table(["exchange", "p50 ms", "p99 ms", "MB/s (tensor bytes / p50)", "vs numpy copy", "goal"], rows)
+    zmq_vs_raw = median(raw_zmq) / median(zmq_results["1mb"])
+    file_rate = 64 * MiB / median(files["64mb"]) / 1e6
+    goals = [
+        [
+            "ZeroMQ 1 MiB round trip vs a plain pyzmq ROUTER echo (p50 time ratio)",
+            f"{zmq_vs_raw:.2f}x",
+            ">= 0.90x",
+            "met" if zmq_vs_raw >= 0.9 else "NOT met",
+        ],
+        [
+            "file protocol, 64 MiB there and back (MB/s at p50)",
+            f"{file_rate:,.0f}",
+            ">= 2,000",
+            "met" if file_rate >= 2000 else "NOT met",
+        ],
+    ]
+    body += "\n\n" + table(["goal", "measured", "target", ""], goals)
     notes = (
         f"{RUNS} runs (file exchanges interleaved run by run, likewise the ZeroMQ ones); samples pooled for "
         f"p50/p99 ({TEXT_N} text, {MB1_N} x 1 MiB per run; 64 MiB: {MB64_N} per run x {MB64_RUNS} runs, so its "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -47,6 +49,12 @@ class DemoServer(TensorSessionServer):
             self.write_response("", "first")
             self.write_response("", "second")
             return True
+        if command == "where":  # which thread main_logic runs in
+            self.write_response("", "loop" if threading.current_thread() is threading.main_thread() else "thread")
+            return True
+        if command == "nap":
+            time.sleep(float(parameters))
+            return self.main_logic("where", "")
         if command == "answer_then_fail":
             self.write_response("", "partial")
             raise RuntimeError("late failure")
@@ -205,6 +213,35 @@ async def test_two_clients_at_once():
             assert np.all(results["first"] == 64) and np.all(results["second"] == 64)
         finally:
             second.close()
+
+
+async def test_a_quick_command_runs_inline_after_its_first_run():
+    async with actor(inline_run_us=5000) as (client, _):
+        where = [await call(client.fetch_response, "where") for _ in range(4)]
+        assert where == ["thread", "loop", "loop", "loop"]
+        # inline runs keep the order and the status of several responses
+        for _ in range(2):
+            await call(client.send_request, {"cmd": "twice"})
+            assert await call(client.wait_for_response) == "first"
+            assert await call(client.wait_for_response) == "second"
+
+
+async def test_inline_off_always_uses_a_thread():
+    async with actor(inline_run_us=0) as (client, _):
+        assert [await call(client.fetch_response, "where") for _ in range(3)] == ["thread"] * 3
+
+
+async def test_a_slow_command_stays_in_threads_and_one_slow_inline_run_bars_it():
+    async with actor(inline_run_us=5000) as (client, _):
+
+        async def nap(seconds: float) -> str:
+            return await call(client.fetch_response, {"cmd": "nap", "params": str(seconds)})
+
+        assert [await nap(0.02) for _ in range(3)] == ["thread"] * 3  # 20 ms: over the 5 ms bound
+        # quick runs bring the running average under the bound: inline again
+        assert "loop" in [await nap(0) for _ in range(20)]
+        assert await nap(0.06) == "loop"  # 60 ms inline: over 10 x the bound, so barred
+        assert [await nap(0) for _ in range(3)] == ["thread"] * 3
 
 
 async def test_in_process_ask():

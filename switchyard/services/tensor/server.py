@@ -23,7 +23,8 @@ What callers may rely on:
 * Tensors are numpy arrays (torch tensors are accepted by ``send_tensors``).
   Inputs at least ``mmap_threshold`` bytes big are memory-mapped copy-on-write.
 * ``main_logic`` runs in a worker thread, one request at a time per session; it may
-  block. ``get_tensors``/``send_tensors``/``write_response`` work inside it only.
+  block. (The ZeroMQ actor runs a command inline instead while its recent runs took
+  under ``inline_run_us``; see :mod:`switchyard.services.tensor.zmq_session`.) ``get_tensors``/``send_tensors``/``write_response`` work inside it only.
 * A request that fails (``main_logic`` returns False, raises, or a tensor is missing
   or malformed) reports ``error:<message>`` (``error:Failed to process command <cmd>``
   for False); the server keeps serving.
@@ -242,15 +243,20 @@ class TensorSessionServer:
 
     # ---- running one request (shared by the file and ZeroMQ transports)
 
-    async def execute(self, request: Request, exchange: TensorExchange) -> str:
+    async def execute(self, request: Request, exchange: TensorExchange, *, inline: bool = False) -> str:
         """Run ``main_logic`` for ``request`` in a worker thread; ``"ok"`` or ``"error:..."``.
 
+        With ``inline=True`` it runs in the calling Trio task instead (the transport
+        decided it is quick, and ``exchange.respond`` must then not block).
         Exceptions from user code become the status; only cancellation propagates.
         """
         call = _Call(exchange)
         token = _CURRENT.set(call)
         try:
-            ok = await trio.to_thread.run_sync(self.main_logic, request.cmd, request.params)
+            if inline:
+                ok = self.main_logic(request.cmd, request.params)
+            else:
+                ok = await trio.to_thread.run_sync(self.main_logic, request.cmd, request.params)
         except Exception as exc:  # user code: report, keep serving
             call.fail(str(exc) or type(exc).__name__)
         else:

@@ -3,7 +3,8 @@
 What a caller may rely on:
 
 * :func:`load_tsr` returns a writable array. Files of ``mmap_threshold`` bytes or
-  more are mapped copy-on-write (``MAP_PRIVATE``): nothing is copied up front, and
+  more are mapped copy-on-write (``MAP_PRIVATE``): nothing is copied up front (on
+  Linux the pages are mapped at once, read-only, with ``MADV_POPULATE_READ``), and
   writing to the array never changes the file. Smaller files are read in one go.
 * With ``unlink=True`` the file is removed right after it is opened, so a writer
   that later recreates the same path (the C++ client re-sending a tag) gets a fresh
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ def load_tsr(
             # Check the header first so a bogus file never gets mapped at all.
             parse_header(os.pread(fd, HEADER_SIZE, 0))
             mapped = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+            _prefault(mapped)
             return decode(mapped)
         buf = bytearray(size)
         view = memoryview(buf)
@@ -66,6 +69,22 @@ def load_tsr(
         return decode(view[:got])
     finally:
         os.close(fd)
+
+
+#: Linux's ``MADV_POPULATE_READ`` (5.14+; Python does not name it yet).
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+
+
+def _prefault(mapped: mmap.mmap) -> None:
+    """Map every page of ``mapped`` read-only in one call (no copy: copy-on-write
+    still happens only on a write). Without it each 4 KiB page costs a fault when
+    first read; for 64 MiB echoed back that was ~10x the time of the writes. Older
+    kernels refuse the advice; the pages are then faulted in as they are read."""
+    if sys.platform.startswith("linux") and hasattr(mapped, "madvise"):
+        try:
+            mapped.madvise(_MADV_POPULATE_READ)
+        except OSError:
+            pass
 
 
 def _write_all(fd: int, data: Any) -> None:

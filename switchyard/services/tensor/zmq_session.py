@@ -16,7 +16,14 @@ Config keys: ``endpoint`` (``ipc://`` or ``tcp://``; the parent directory of an
 built-ins), ``max_message_size`` (bytes per request, answered with an error above
 it), ``max_tensors`` (per message), ``parallel`` (commands running at once; 1 keeps
 a stateful subclass safe), ``request_timeout`` (seconds, 0 = none), ``sndhwm`` and
-``rcvhwm``.
+``rcvhwm``, ``inline_run_us`` (default 200).
+
+``main_logic`` runs in a worker thread, except for a command whose recent runs took
+under ``inline_run_us``: that one runs in the event loop, because a thread hop costs
+more than such a run, above all on a loaded host. An inline run cannot be cut short
+by ``request_timeout``; a command that once runs ``SLOW_FACTOR`` times over the bound
+inline goes back to threads for good, so a command that blocks stalls the loop once
+at most.
 
 Inside a system, ``await ref.ask(TensorCommand("add", "a,b", {"a": x, "b": y}))``
 runs a command without any socket and answers a :class:`TensorReply`.
@@ -24,6 +31,7 @@ runs a command without any socket and answers a :class:`TensorReply`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,38 @@ class TensorSessionConfig:
     request_timeout: float = 0.0
     sndhwm: int = 1000
     rcvhwm: int = 1000
+    #: A command whose recent runs of ``main_logic`` took under this many microseconds
+    #: runs in the event loop instead of a worker thread (0 = always a thread); a
+    #: command that once ran over ``SLOW_FACTOR`` times this bound inline never
+    #: runs inline again.
+    inline_run_us: float = 200.0
+
+
+#: An inline run this many times over ``inline_run_us`` bars its command from inline runs.
+SLOW_FACTOR = 10
+
+
+@attrs.define
+class _CommandTimes:
+    """Per-command run times of ``main_logic`` (an EWMA), owned by the actor's tasks."""
+
+    bound: float
+    ewma: dict[str, float] = attrs.Factory(dict)
+    barred: set[str] = attrs.Factory(set)
+
+    def inline(self, cmd: str) -> bool:
+        if self.bound <= 0 or cmd in self.barred:
+            return False
+        took = self.ewma.get(cmd)
+        return took is not None and took < self.bound
+
+    def record(self, cmd: str, took: float, inline: bool) -> None:
+        if inline and took > SLOW_FACTOR * self.bound:
+            self.barred.add(cmd)
+        if len(self.ewma) >= 1024 and cmd not in self.ewma:
+            return  # bounded: unknown commands beyond this many always take a thread
+        old = self.ewma.get(cmd)
+        self.ewma[cmd] = took if old is None else 0.8 * old + 0.2 * took
 
 
 @attrs.frozen
@@ -88,7 +128,8 @@ class _FrameExchange:
 
     The latest response is held back until the command writes another one or ends,
     so the last one can carry the request's status: one message for the common
-    one-response command, and no thread round trip for it.
+    one-response command, and no thread round trip for it. When the command runs
+    inline (in the Trio thread) earlier responses wait in ``queued`` until it ends.
     """
 
     def __init__(self, req_id: int, tensors: Sequence[tuple[str, np.ndarray]], send: Any) -> None:
@@ -97,6 +138,8 @@ class _FrameExchange:
         self.results: list[tuple[str, np.ndarray]] = []
         self.send = send
         self.held: Response | None = None
+        self.inline = False
+        self.queued: list[Response] = []
 
     def load(self, tag: str) -> np.ndarray:
         try:
@@ -114,10 +157,16 @@ class _FrameExchange:
         results, self.results = self.results, []
         previous, self.held = self.held, Response(self.req_id, cmd, text, tuple(results))
         if previous is not None:
-            trio.from_thread.run(self.send, previous)
+            if self.inline:
+                self.queued.append(previous)
+            else:
+                trio.from_thread.run(self.send, previous)
 
     async def finish(self, status: str) -> None:
         """Send what is held with the final status (or a bare done)."""
+        queued, self.queued = self.queued, []
+        for response in queued:
+            await self.send(response)
         held, self.held = self.held, None
         if held is not None and status == "ok":
             await self.send(attrs.evolve(held, status=status))
@@ -137,6 +186,7 @@ class TensorSessionActor(Actor):
         self.handler = load_server_class(config.server)()
         self.handler.session_id = self.name
         self._limiter = trio.CapacityLimiter(max(1, config.parallel))
+        self._times = _CommandTimes(max(0.0, config.inline_run_us) / 1e6)
         if config.endpoint.startswith("ipc://"):
             Path(config.endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
         self.server = RouterStreamServer(
@@ -170,7 +220,10 @@ class TensorSessionActor(Actor):
 
     async def _execute(self, request: Request, exchange: _FrameExchange) -> str:
         async with self._limiter:
-            status = await self.handler.execute(request, exchange)
+            exchange.inline = self._times.inline(request.cmd)
+            started = time.perf_counter()
+            status = await self.handler.execute(request, exchange, inline=exchange.inline)
+            self._times.record(request.cmd, time.perf_counter() - started, exchange.inline)
         await exchange.finish(status)
         return status
 
