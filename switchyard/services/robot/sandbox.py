@@ -457,21 +457,21 @@ class Sandbox:
                 made.add(path)
             elif os.path.isdir(path):
                 mount("--ro-bind", path, path)
-        for path in self.interpreter.bind:
-            mount("--ro-bind", path, path)
-        for path in self.settings.ro_paths:
-            mount("--ro-bind-try", path, path)
         args.extend(["--proc", "/proc", "--dev", "/dev"])
         made.update({"/proc", "/dev"})
-        for device in self.settings.devices:
-            mount("--dev-bind-try", device, device)
         size = str(self.settings.limits.tmp_bytes) if self.settings.limits.tmp_bytes > 0 else None
-        for tmp in ("/tmp", "/dev/shm"):
+        for tmp in ("/tmp", "/dev/shm"):  # before the binds: an interpreter may live under /tmp
             args.extend(["--perms", "1777"])
             if size:
                 args.extend(["--size", size])
             args.extend(["--tmpfs", tmp])
             made.add(tmp)
+        for path in self.interpreter.bind:
+            mount("--ro-bind", path, path)
+        for path in self.settings.ro_paths:
+            mount("--ro-bind-try", path, path)
+        for device in self.settings.devices:
+            mount("--dev-bind-try", device, device)
         if self.settings.network and os.path.islink("/etc/resolv.conf"):
             # e.g. systemd-resolved's stub under /run: without it no name resolves
             target = os.path.dirname(os.path.realpath("/etc/resolv.conf"))
