@@ -56,16 +56,17 @@ PROCESS_PARAMS = {"params": {"object": "sport_client", "method": "get_status", "
 # -- servers ---------------------------------------------------------------------------
 
 
-def serve_switchyard(port: int, storage: str, ready: multiprocessing.synchronize.Event) -> None:
+def serve_switchyard(port: int, storage: str, echo_only: bool, ready: multiprocessing.synchronize.Event) -> None:
     from switchyard.runtime import open_system
     from switchyard.services.robot.socketio_bridge import SocketIOBridgeActor
     from switchyard.services.robot.worker import RobotWorkerActor
 
     async def main() -> None:
         async with open_system("bench-robot") as system:
-            await system.spawn(
-                RobotWorkerActor, name="robot_worker", config={"storage_root": storage, "max_execution_time": 60.0}
-            )
+            if not echo_only:
+                await system.spawn(
+                    RobotWorkerActor, name="robot_worker", config={"storage_root": storage, "max_execution_time": 60.0}
+                )
             await system.spawn(SocketIOBridgeActor, name="socketio_bridge", config={"port": port})
             ready.set()
             await trio.sleep_forever()
@@ -73,7 +74,7 @@ def serve_switchyard(port: int, storage: str, ready: multiprocessing.synchronize
     trio.run(main)
 
 
-def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.Event) -> None:
+def serve_baseline(port: int, storage: str, echo_only: bool, ready: multiprocessing.synchronize.Event) -> None:
     import logging
 
     import socketio
@@ -97,7 +98,9 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.bind(pub)
-        child = await asyncio.create_subprocess_exec(sys.executable, "-P", CHILD_SCRIPT, cmd, pub, str(project))
+        child = None
+        if not echo_only:
+            child = await asyncio.create_subprocess_exec(sys.executable, "-P", CHILD_SCRIPT, cmd, pub, str(project))
         lock = asyncio.Lock()
         sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", max_http_buffer_size=100 * 1024 * 1024)
 
@@ -118,7 +121,7 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
                 message = json.loads(await sub.recv())
                 await sio.emit(message["data"]["event"], message["data"].get("data"))
 
-        callbacks = asyncio.create_task(forward_callbacks())
+        callbacks = asyncio.create_task(forward_callbacks() if not echo_only else asyncio.sleep(0))
         server = uvicorn.Server(
             uvicorn.Config(socketio.ASGIApp(sio), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
         )
@@ -130,7 +133,8 @@ def serve_baseline(port: int, storage: str, ready: multiprocessing.synchronize.E
             await task
         finally:
             callbacks.cancel()
-            child.kill()
+            if child is not None:
+                child.kill()
 
     asyncio.run(main())
 
@@ -297,7 +301,7 @@ def _project_10mb() -> bytes:
     return project_zip(files)
 
 
-def _bench(ports: dict[str, int]) -> dict[str, Any]:
+def _bench(ports: dict[str, int], echo_only: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {
         name: {"echo_lat": [], "echo_rate": [], "proc_lat": [], "proc_rate": []} for name in ports
     }
@@ -308,9 +312,13 @@ def _bench(ports: dict[str, int]) -> dict[str, Any]:
             lat, rate = _measure(port, echo_body, SEQUENTIAL, PIPELINED)
             results[name]["echo_lat"].extend(lat)
             results[name]["echo_rate"].append(rate)
+            if echo_only:
+                continue
             lat, rate = _measure(port, process_body, PROCESS_SEQUENTIAL, PROCESS_PIPELINED)
             results[name]["proc_lat"].extend(lat)
             results[name]["proc_rate"].append(rate)
+    if echo_only:
+        return results
     blob = _project_10mb()
     ours = next(iter(ports.values()))
     results["upload"] = [_upload(ours, blob) for _ in range(UPLOADS)]
@@ -334,16 +342,21 @@ def _install_only(blob: bytes) -> list[float]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--echo-only", action="store_true", help="only the echo rows (no worker process, no upload)")
+    args = parser.parse_args()
     ports: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="sy-bench-robot-") as tmp, ExitStack() as servers:
         for i, (name, target) in enumerate(SERVERS.items()):
             port = free_tcp_port()
             storage = os.path.join(tmp, str(i))
             os.makedirs(storage)
-            servers.enter_context(server_process(target, port, storage))
+            servers.enter_context(server_process(target, port, storage, args.echo_only))
             ports[name] = port
-        results = _bench(ports)
+        results = _bench(ports, args.echo_only)
+    if args.echo_only:
+        _print_echo_only(results, list(ports))
+        return
     install = _install_only(_project_10mb())
 
     ours, base = list(ports)
@@ -413,6 +426,18 @@ def main() -> None:
             "Robot control (Socket.IO bridge + worker)", "python -m bench.bench_robot", body + "\n\n" + body2, notes
         )
     )
+
+
+def _print_echo_only(results: dict[str, Any], names: list[str]) -> None:
+    ours, base = (results[n] for n in names)
+    seq_ours, seq_base = 1 / median(ours["echo_lat"]), 1 / median(base["echo_lat"])
+    pipe_ours, pipe_base = median(ours["echo_rate"]), median(base["echo_rate"])
+    rows = [
+        ["`echo`, sequential", fmt(seq_ours), fmt(seq_base), ratio(seq_ours, seq_base)],
+        [f"`echo`, {WINDOW} in flight", fmt(pipe_ours), fmt(pipe_base), ratio(pipe_ours, pipe_base)],
+    ]
+    body = table(["round trips/s (median of runs)", "switchyard", "python-socketio + uvicorn", "ratio"], rows)
+    print(section("Robot control, echo only", "python -m bench.bench_robot --echo-only", body, f"{RUNS} runs."))
 
 
 def _has(module: str) -> bool:

@@ -35,8 +35,9 @@ What a caller may rely on:
 * connection caps: at most ``limits.max_connections`` connections in all and
   ``limits.max_connections_per_peer`` from one IP address. A connection past a cap
   first sheds the oldest connection (of that peer, for the per-peer cap) that is idle
-  or still sending its request head; only when there is none is the new one closed at
-  once. Connections inside a handler or handed to ``upgrade_handler`` are never shed;
+  or still sending its request head, else the oldest one still sending a body; only
+  when there is none is the new one closed at once. Connections inside a handler or
+  handed to ``upgrade_handler`` are never shed;
 * a handler exception answers ``500`` and is logged; the server goes on. Refused
   requests and connections are logged as single rate-limited lines.
 """
@@ -135,8 +136,12 @@ class _Conn:
         self.since = trio.current_time()
 
     @property
-    def sheddable(self) -> bool:
-        return self.phase is _Phase.IDLE or self.phase is _Phase.HEAD
+    def shed_rank(self) -> int:
+        """0: shed first (idle, head), 1: then (a body still arriving), 2: never."""
+        phase = self.phase
+        if phase is _Phase.IDLE or phase is _Phase.HEAD:
+            return 0
+        return 1 if phase is _Phase.BODY else 2
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -252,10 +257,11 @@ class HttpServer:
 
     def _shed_one(self, peer: str | None) -> bool:
         victim: _Conn | None = None
+        best = (2, -float("inf"))  # rank 2 is never shed
         for conn in self._conns:
-            if conn.sheddable and (peer is None or conn.peer == peer):
-                if victim is None or conn.since < victim.since:
-                    victim = conn
+            key = (conn.shed_rank, conn.since)
+            if key < best and (peer is None or conn.peer == peer):
+                victim, best = conn, key
         if victim is None:
             return False
         self._forget(victim)

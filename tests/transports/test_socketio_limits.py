@@ -170,3 +170,27 @@ async def test_bad_frames_log_a_few_lines_without_tracebacks(caplog: pytest.LogC
     assert any("suppressed" in r.getMessage() for r in mine)
     assert not any(r.exc_info for r in mine)
     assert all("\n" not in r.getMessage() for r in mine)
+
+
+async def test_connection_cap_sheds_idle_then_trickling_bodies_never_busy_ones() -> None:
+    limits = HttpLimits(max_connections=4, max_connections_per_peer=0)
+    async with serve(http=limits) as (port, _, server):
+        sid = await open_session(port)
+        trickling = []
+        for _ in range(4):  # a body slowloris: 1 byte of a declared 100
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(post_head(sid, 100) + b"4")
+            trickling.append(stream)
+        with trio.fail_after(3):
+            while server.http.connections < 4 or server.http.buffered < 400:
+                await trio.sleep(0.01)
+        idle = await trio.open_tcp_stream("127.0.0.1", port)  # sheds the oldest trickling body
+        try:
+            with trio.fail_after(3):
+                while server.http.shed < 1:
+                    await trio.sleep(0.01)
+            assert await open_session(port)  # sheds the idle one, then answers
+            assert server.http.shed == 2
+        finally:
+            for stream in [*trickling, idle]:
+                await stream.aclose()
