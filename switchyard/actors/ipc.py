@@ -197,15 +197,15 @@ def _local_error(actor: str, exc: RemoteError, timeout: float | None = None) -> 
     if exc.code == "ask_timeout":
         return AskTimeout(actor, timeout if timeout is not None else math.inf)
     if exc.code == "mailbox_full":
-        error = MailboxFull(actor, 0)
-        error.args = (exc.detail,)
-        return error
+        full = MailboxFull(actor, 0)
+        full.args = (exc.detail,)
+        return full
     if exc.code == "actor_stopped":
         return ActorStopped(actor)
     if exc.code == "actor_not_found":
-        error = ActorNotFound(actor, [])
-        error.args = (exc.detail,)
-        return error
+        missing = ActorNotFound(actor, [])
+        missing.args = (exc.detail,)
+        return missing
     return exc
 
 

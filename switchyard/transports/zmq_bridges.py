@@ -34,7 +34,7 @@ import attrs
 import trio
 import zmq
 
-from switchyard.runtime.inline import Blocked, first_step, resume
+from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
 from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
 
 __all__ = [
@@ -164,10 +164,9 @@ class _RouterServer:
         self._in_flight: trio.Nursery | None = None
         self._recv_scopes: set[trio.CancelScope] = set()
         self._draining = False
-        #: Moving average of how often handlers block on their first step (0..1).
-        self._blocking = 0.0
         self._finished = trio.Event()
-        self._slots = trio.Semaphore(max(1, self.config.max_concurrent))
+        #: The reading role's hand-off and the adaptive policy (``runtime.inline``).
+        self._role = ReadingRole(max(1, self.config.max_concurrent), self._read)
         self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,17 +177,17 @@ class _RouterServer:
                 self._socket = sock
                 self.endpoint = sock.endpoints[0]
                 async with trio.open_nursery() as in_flight:
-                    self._in_flight = in_flight
+                    self._in_flight = self._role.nursery = in_flight
                     task_status.started(self.endpoint)
                     await self._read()
         finally:
             self._socket = None
-            self._in_flight = None
+            self._in_flight = self._role.nursery = None
             self._finished.set()
 
     async def drain(self) -> None:
         """Stop receiving; return once every in-flight request has been answered."""
-        self._draining = True
+        self._draining = self._role.closed = True
         for scope in self._recv_scopes:
             scope.cancel()
         await self._finished.wait()
@@ -213,7 +212,7 @@ class _RouterServer:
                 # Handlers that mostly block (an ask, a batching model) get a task each
                 # straight away, so a whole burst reaches them in one scheduler pass;
                 # the others run inline.
-                if self._blocking > 0.5 and self._spawn(frames):
+                if self._role.mostly_blocks and self._spawn(frames):
                     pass
                 elif await self._dispatch(frames, True) or self._draining:
                     return  # handed off (another task reads now) or draining
@@ -240,26 +239,23 @@ class _RouterServer:
             with scope if scope is not None else nullcontext():
                 result = first_step(call())
                 blocked = isinstance(result, Blocked)
-                self._blocking = 0.9 * self._blocking + (0.1 if blocked else 0.0)
+                self._role.record(blocked)
                 if blocked:
-                    handed_off = reading and self._hand_off()
+                    handed_off = reading and self._role.hand_off()
                     try:
                         result = await resume(result)
                     finally:
                         if handed_off:
-                            self._slots.release()
+                            self._role.release()
         except Exception as exc:
             return None, exc, handed_off
         return result, None, handed_off
 
     def _spawn(self, frames: list[Any]) -> bool:
         """Serve ``frames`` in a task of its own if a slot is free; False if none is."""
-        if self._in_flight is None:
+        if not self._role.try_acquire():
             return False
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            return False
+        assert self._in_flight is not None
         self._in_flight.start_soon(self._serve_detached, frames)
         return True
 
@@ -267,17 +263,7 @@ class _RouterServer:
         try:
             await self._dispatch(frames, False)
         finally:
-            self._slots.release()
-
-    def _hand_off(self) -> bool:
-        if self._draining or self._in_flight is None:
-            return False
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        self._in_flight.start_soon(self._read)
-        return True
+            self._role.release()
 
     async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
         """Serve one message; True if the reading role was handed to another task.

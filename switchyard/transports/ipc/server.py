@@ -49,6 +49,7 @@ import inspect
 import itertools
 import logging
 import time
+import types
 from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -69,7 +70,7 @@ from switchyard.protocols.ipc import (
     error_for,
 )
 from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, FrameTooLarge, encode_frame
-from switchyard.runtime.inline import Blocked, first_step, resume
+from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
 from switchyard.transports.ipc.address import (
     IpcAddress,
     default_socket_dir,
@@ -151,12 +152,16 @@ class _MethodStats:
 class _Connection:
     """Server-side state of one client connection."""
 
-    def __init__(self, conn_id: str, framed: FramedConnection, peer: str, max_in_flight: int) -> None:
+    def __init__(
+        self, conn_id: str, framed: FramedConnection, peer: str, max_in_flight: int, read: Callable[..., Any]
+    ) -> None:
         self.id = conn_id
         self.framed = framed
         self.peer = peer
         self.connected_at = time.time()
-        self.slots = trio.Semaphore(max_in_flight)
+        #: The reading role's hand-off; its slots are the ``max_in_flight`` slots.
+        self.role = ReadingRole(max_in_flight, read, self)
+        self.slots = self.role.slots
         #: Requests and streams that blocked (and so can be cancelled), by id.
         self.running: dict[str, trio.CancelScope] = {}
         self.credits: dict[str, trio.Semaphore] = {}
@@ -317,14 +322,19 @@ class SocketServer:
         self._exit_stack = stack
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         stack, self._exit_stack = self._exit_stack, None
         try:
             with trio.CancelScope(shield=True):
                 await self.aclose()
         finally:
             if stack is not None:
-                await stack.__aexit__(*exc_info)
+                await stack.__aexit__(exc_type, exc, tb)
 
     async def aclose(self, grace_period: float | None = None) -> None:
         """Graceful stop: refuse new connections and requests, let in-flight requests
@@ -386,13 +396,13 @@ class SocketServer:
                     pass
             framed.close()
             return
-        conn = _Connection(conn_id, framed, peer, self.max_in_flight)
+        conn = _Connection(conn_id, framed, peer, self.max_in_flight, self._read)
         self._conns[conn_id] = conn
         self._counters["connections_total"] += 1
         self.log.debug("connection %s from %s", conn_id, peer)
         try:
             async with trio.open_nursery() as nursery:
-                conn.nursery = nursery
+                conn.nursery = conn.role.nursery = nursery
                 if self.heartbeat_interval:
                     nursery.start_soon(self._keepalive, conn)
                 nursery.start_soon(self._read, conn)
@@ -558,11 +568,13 @@ class SocketServer:
         token = _current.set(context)
         try:
             result = first_step(handler(message.data))
-            if isinstance(result, Blocked):
+            blocked = isinstance(result, Blocked)
+            conn.role.record(blocked)
+            if blocked:
                 # From here on no cancel scope may be entered around the coroutine
                 # (it may hold scopes of its own): only the task's.
                 _current.reset(token)  # the new reader must not inherit this request
-                handed_off = self._hand_off(conn)
+                handed_off = conn.role.hand_off()
                 token = _current.set(context)
                 result = await self._finish_blocking(conn, job, message, result, handed_off)
             if getattr(type(result), "__aiter__", None) is not None:
@@ -592,15 +604,6 @@ class SocketServer:
                 pass
         return handed_off
 
-    def _hand_off(self, conn: _Connection) -> bool:
-        try:
-            conn.slots.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        assert conn.nursery is not None
-        conn.nursery.start_soon(self._read, conn)
-        return True
-
     async def _finish_blocking(
         self, conn: _Connection, job: _Job, message: Message, blocked: Blocked, handed_off: bool
     ) -> Any:
@@ -618,7 +621,7 @@ class SocketServer:
             if registered:
                 del conn.running[message.id]
             if handed_off:
-                conn.slots.release()
+                conn.role.release()
             else:
                 conn.framed.paused = False
 
