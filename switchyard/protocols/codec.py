@@ -10,6 +10,12 @@ encoding rules live in one place:
 
 Decoding never raises anything but :class:`CodecError` for bad input, whatever the
 bytes, so callers can turn it into a reply in their peer's format.
+
+Both codecs take ``max_buffer_size``: with a positive value, :meth:`~Codec.decode`
+refuses (``CodecError`` naming both sizes) any input longer than that many bytes
+before decoding anything, so a codec handed to untrusted input bounds the work and
+memory one decode may cost. 0 (the default of the shared ``json_codec`` and
+``msgpack_codec``) means no limit of its own: the transports' frame limits apply.
 """
 
 from __future__ import annotations
@@ -34,12 +40,25 @@ class Codec(Protocol):
     def decode(self, data: bytes | bytearray | memoryview) -> Any: ...
 
 
+def _check_limit(max_buffer_size: int) -> int:
+    if isinstance(max_buffer_size, bool) or not isinstance(max_buffer_size, int) or max_buffer_size < 0:
+        raise ValueError(f"max_buffer_size must be an integer >= 0, got {max_buffer_size!r}")
+    return max_buffer_size
+
+
+def _check_size(codec: JsonCodec | MsgpackCodec, data: bytes | bytearray | memoryview) -> None:
+    limit = codec.max_buffer_size
+    if limit and len(data) > limit:
+        raise CodecError(f"{codec.name} input of {len(data)} bytes exceeds max_buffer_size {limit}")
+
+
 class JsonCodec:
     """UTF-8 JSON, non-ASCII kept, compact."""
 
     name = "json"
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_buffer_size: int = 0) -> None:
+        self.max_buffer_size = _check_limit(max_buffer_size)
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._decoder = json.JSONDecoder()
 
@@ -50,6 +69,7 @@ class JsonCodec:
             raise CodecError(f"cannot encode as JSON: {exc}") from exc
 
     def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        _check_size(self, data)
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -70,7 +90,7 @@ class MsgpackCodec:
     name = "msgpack"
 
     def __init__(self, *, max_buffer_size: int = 0) -> None:
-        self._max_buffer_size = max_buffer_size
+        self.max_buffer_size = _check_limit(max_buffer_size)
 
     def encode(self, obj: Any) -> bytes:
         try:
@@ -79,6 +99,7 @@ class MsgpackCodec:
             raise CodecError(f"cannot encode as msgpack: {exc}") from exc
 
     def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        _check_size(self, data)
         try:
             return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
