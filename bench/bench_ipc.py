@@ -190,7 +190,7 @@ def client_ipc_concurrent(path: str) -> Result:
 
 
 def client_bridge(path: str) -> Result:
-    from switchyard.actors.ipc import open_remote_system
+    from switchyard.remote import open_remote_system
 
     async def main() -> Result:
         async with open_remote_system(path, max_retries=20) as remote:

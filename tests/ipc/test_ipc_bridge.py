@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from switchyard.actors.ipc import IpcProxyActor, IpcServerActor, open_remote_system
+from switchyard.actors.ipc import IpcProxyActor, IpcServerActor
+from switchyard.remote import open_remote_system
 from switchyard.runtime import Actor, ActorError, ActorNotFound, AskTimeout, MailboxFull, open_system
 from switchyard.testing import free_tcp_endpoint
 
