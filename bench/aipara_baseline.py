@@ -1,4 +1,5 @@
-"""Offline pinyin-to-hanzi conversion over the ``pinyin2hanzi`` package's data.
+"""The baseline for the offline decoder: the earlier engine over ``pinyin2hanzi``'s DAG
+(and HMM) data, kept here only so the benchmark measures it in the same run.
 
 Pure, synchronous, CPU-bound code: callers on Trio run it in ``trio.to_thread``.
 
