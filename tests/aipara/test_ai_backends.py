@@ -22,7 +22,10 @@ from switchyard.services.aipara.openai_protocol import (
     SSEEvent,
     check_template,
     clean_candidate,
+    encode_request,
+    error_message,
     parse_completion_event,
+    parse_whole_completion,
 )
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 from switchyard.testing import free_tcp_port
@@ -308,3 +311,27 @@ async def test_openai_unreachable_endpoint():
     ) as backend:
         with pytest.raises(BackendError, match="cannot reach"):
             await backend.chat(ChatRequest("x"), lambda text: trio.lowlevel.checkpoint())
+
+
+# -- non-streamed replies and error bodies (sans-IO, through the codec layer) -------------
+
+
+def test_whole_completion_and_error_bodies():
+    assert parse_whole_completion('{"choices":[{"message":{"content":"你好"}}]}'.encode()) == "你好"
+    for bad in (b"", b"[]", b'{"choices":[]}', b'{"choices":[{"message":{"content":3}}]}', b"\xff"):
+        with pytest.raises(CompletionError):
+            parse_whole_completion(bad)
+    assert error_message(b'{"error":{"message":"quota"}}') == "quota"
+    assert error_message(b"<html>") is None and error_message(b'{"error":"x"}') is None
+    assert encode_request({"model": "m", "messages": [{"content": "拼音"}]}) == (
+        '{"model":"m","messages":[{"content":"拼音"}]}'.encode()
+    )
+
+
+@given(st.binary(max_size=200))
+def test_reply_parsers_never_raise_anything_else(raw):
+    try:
+        assert isinstance(parse_whole_completion(raw), str)
+    except CompletionError:
+        pass
+    assert error_message(raw) is None or isinstance(error_message(raw), str)

@@ -8,6 +8,9 @@
 * :func:`parse_completion_event`: one event's ``data`` to a :class:`CompletionDelta`
   (content text, finish reason, or the ``[DONE]`` sentinel); an error object or
   malformed JSON raises :class:`CompletionError`.
+* :func:`parse_whole_completion`, :func:`error_message`, :func:`encode_request`: the
+  non-streamed reply, an error body, and the request body as bytes; all JSON goes
+  through :mod:`switchyard.protocols.codec`.
 * :class:`CandidateLines`: streamed text to complete candidate lines, for "one
   candidate per line" convert prompts.
 * :func:`check_template` / :func:`render_template`: ``str.format`` templates whose
@@ -16,13 +19,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from switchyard.protocols.codec import CodecError, json_codec
 
 __all__ = [
     "CandidateLines",
@@ -34,7 +38,10 @@ __all__ = [
     "chat_completion_request",
     "check_template",
     "clean_candidate",
+    "encode_request",
+    "error_message",
     "parse_completion_event",
+    "parse_whole_completion",
     "render_template",
 ]
 
@@ -143,8 +150,8 @@ def parse_completion_event(data: str) -> CompletionDelta:
     if data.strip() == "[DONE]":
         return CompletionDelta(done=True)
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
+        obj = json_codec.decode(data.encode("utf-8", "surrogatepass"))
+    except (CodecError, UnicodeEncodeError) as exc:
         raise CompletionError(f"unreadable stream chunk: {exc}") from None
     if not isinstance(obj, dict):
         raise CompletionError("unreadable stream chunk: not a JSON object")
@@ -163,6 +170,37 @@ def parse_completion_event(data: str) -> CompletionDelta:
         content=content if isinstance(content, str) else "",
         finish_reason=finish if isinstance(finish, str) else None,
     )
+
+
+def parse_whole_completion(raw: bytes) -> str:
+    """The content of a non-streamed completion (a server that ignored ``stream: true``).
+
+    Raises :class:`CompletionError` if it is not ``{"choices":[{"message":{"content": str}}]}``.
+    """
+    try:
+        content = json_codec.decode(raw)["choices"][0]["message"]["content"]
+    except (CodecError, KeyError, IndexError, TypeError):
+        raise CompletionError("unreadable completion") from None
+    if not isinstance(content, str):
+        raise CompletionError("unreadable completion: content is not text")
+    return content
+
+
+def error_message(raw: bytes) -> str | None:
+    """The ``error.message`` of an OpenAI-style error body, if it has one."""
+    try:
+        obj = json_codec.decode(raw)
+    except CodecError:
+        return None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return None
+
+
+def encode_request(body: Mapping[str, Any]) -> bytes:
+    """A request body (from :func:`chat_completion_request`) as UTF-8 JSON bytes."""
+    return json_codec.encode(dict(body))
 
 
 _LEADER = re.compile(r"^\s*(?:[-*•·]|\d+\s*[.)、:：]|[（(]\d+[)）])\s*")

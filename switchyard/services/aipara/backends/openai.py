@@ -24,12 +24,10 @@ convert prompts: ``{pinyin} {schema_name} {shuru_schema} {candidates} {context}
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import httpx
@@ -42,7 +40,10 @@ from switchyard.services.aipara.openai_protocol import (
     SSEError,
     chat_completion_request,
     check_template,
+    encode_request,
+    error_message,
     parse_completion_event,
+    parse_whole_completion,
     render_template,
 )
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
@@ -123,11 +124,11 @@ class OpenAIBackend:
     async def _complete(self, messages: Sequence[Mapping[str, str]], on_text: Callable[[str], Awaitable[None]]) -> None:
         cfg = self.config
         body = chat_completion_request(cfg.model, messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         try:
-            async with self.client.stream("POST", self.url, json=body, headers=headers) as response:
+            async with self.client.stream("POST", self.url, content=encode_request(body), headers=headers) as response:
                 if response.status_code != 200:
                     raise BackendError(
                         f"{self.url} answered HTTP {response.status_code}: {await _error_text(response)}"
@@ -218,28 +219,16 @@ async def _error_text(response: httpx.Response) -> str:
         raw = await _read_limited(response, 4096)
     except BackendError:
         return "(error body too large)"
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-        error = obj.get("error") if isinstance(obj, dict) else None
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-    except ValueError:
-        pass
-    return text[:300] or response.reason_phrase
+    return error_message(raw) or raw.decode("utf-8", "replace").strip()[:300] or response.reason_phrase
 
 
 async def _whole_reply(response: httpx.Response, limit: int) -> str:
     """A server that ignored ``stream: true`` and sent one JSON completion."""
     raw = await _read_limited(response, limit)
     try:
-        obj: Any = json.loads(raw)
-        content = obj["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        return parse_whole_completion(raw)
+    except CompletionError:
         raise BackendError(f"unreadable reply from {response.url}") from None
-    if not isinstance(content, str):
-        raise BackendError(f"unreadable reply from {response.url}")
-    return content
 
 
 @asynccontextmanager
