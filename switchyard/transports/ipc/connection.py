@@ -8,6 +8,10 @@ What a caller may rely on:
 * A write interrupted half-way (cancelled, or the peer vanished) leaves no
   trustworthy frame boundary, so the connection is closed at once; the read loop
   then ends and the owner sees the drop.
+* With a ``timeout``, a send that cannot finish (waiting for other writers
+  included) within that many seconds closes the connection and raises
+  :class:`SendTimeout`: a peer that does not read cannot hold a writer, or the
+  memory of what waits to be written, for longer.
 * :meth:`read_loop` feeds every message to ``on_message`` in order, reports bad
   bodies to ``on_bad`` and keeps reading, and returns the reason it stopped (EOF,
   reset, frame too large) instead of raising.
@@ -18,6 +22,7 @@ What a caller may rely on:
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Awaitable, Callable
 
@@ -27,12 +32,16 @@ from switchyard.protocols.codec import Codec, json_codec
 from switchyard.protocols.ipc import BadMessage, IpcProtocolError, Message
 from switchyard.protocols.ipc_framing import FrameTooLarge, MessageReader, encode_frame
 
-__all__ = ["HANDED_OFF", "FramedConnection"]
+__all__ = ["HANDED_OFF", "FramedConnection", "SendTimeout"]
 
 RECEIVE_SIZE = 1 << 16
 #: What :meth:`FramedConnection.read_loop` returns when ``on_message`` handed the
 #: reading role to another task.
 HANDED_OFF = "handed off"
+
+
+class SendTimeout(trio.BrokenResourceError):
+    """A send did not finish within its timeout; the connection has been closed."""
 
 
 class _SendGate:
@@ -87,25 +96,36 @@ class FramedConnection:
         """The connection's codec: fixed up front or by the peer's first body; JSON until then."""
         return self.reader.codec or json_codec
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, timeout: float | None = None) -> None:
         """Write one message. Raises ``CodecError``/``FrameTooLarge`` (stream untouched),
-        ``trio.ClosedResourceError`` / ``trio.BrokenResourceError`` if the connection is gone."""
-        await self.send_frame(encode_frame(message, self.codec, self.max_frame_size))
+        ``trio.ClosedResourceError`` / ``trio.BrokenResourceError`` if the connection is
+        gone, :class:`SendTimeout` (and closes it) past ``timeout`` seconds."""
+        await self.send_frame(encode_frame(message, self.codec, self.max_frame_size), timeout)
 
-    async def send_frame(self, frame: bytes) -> None:
+    async def send_frame(self, frame: bytes, timeout: float | None = None) -> None:
         """Write one encoded frame.
 
         Fast path: with no other writer and room in the socket buffer, the frame
         goes out in one non-blocking ``os.write`` without a trip through the
         scheduler (this is the hot path of every request; Trio's ``send_all`` would
         add a checkpoint). Otherwise the writer queues for the gate and the rest
-        goes through ``send_all``. May complete without a checkpoint.
+        goes through ``send_all``. May complete without a checkpoint. ``timeout``
+        (seconds, ``None`` or <= 0 = none) bounds the whole slow path; past it the
+        connection is closed and :class:`SendTimeout` raised.
         """
         gate = self._send_gate
+        deadline = math.inf
         if gate.busy:
-            await gate.wait_turn()
+            if timeout is not None and timeout > 0:
+                deadline = trio.current_time() + timeout
+            with trio.CancelScope(deadline=deadline) as waiting:
+                await gate.wait_turn()
+            if waiting.cancelled_caught:  # never got the gate: nothing to release
+                self.close()
+                raise SendTimeout(f"connection {self.label}: send blocked for {timeout:g} s; closed")
         else:
             gate.busy = True
+        timed_out = False
         try:
             if self.closed:
                 raise trio.ClosedResourceError(f"connection {self.label} is closed")
@@ -117,15 +137,21 @@ class FramedConnection:
                 self.close()
                 raise trio.BrokenResourceError(f"connection {self.label}: {exc}") from exc
             if sent < len(frame):
-                try:
-                    await self.stream.send_all(memoryview(frame)[sent:])
-                except BaseException:
-                    # Cut short (cancelled, or the peer vanished): the peer may hold
-                    # half a frame, so no later frame could be trusted.
-                    self.close()
-                    raise
+                if deadline == math.inf and timeout is not None and timeout > 0:
+                    deadline = trio.current_time() + timeout
+                with trio.CancelScope(deadline=deadline) as writing:
+                    try:
+                        await self.stream.send_all(memoryview(frame)[sent:])
+                    except BaseException:
+                        # Cut short (cancelled, timed out, or the peer vanished): the
+                        # peer may hold half a frame, so no later frame could be trusted.
+                        self.close()
+                        raise
+                timed_out = writing.cancelled_caught
         finally:
             gate.release()
+        if timed_out:
+            raise SendTimeout(f"connection {self.label}: send blocked for {timeout:g} s; closed")
         self.messages_out += 1
 
     def close(self) -> None:

@@ -26,8 +26,11 @@ or ``await nursery.start(server.serve)`` (returns the bound address) and
   returns an async iterable (e.g. an ``async def`` generator) serves
   ``client.stream(...)``: each item is a ``push`` with the request's id, paced by
   the client's credit window, then a final ``response``.
-* Each request runs in its own task, at most ``max_in_flight`` per connection;
-  beyond that the server stops reading that connection (socket backpressure).
+* At most ``max_in_flight`` requests per connection are in flight, each from its
+  handler's first step until its reply is written; beyond that the server stops
+  reading that connection (socket backpressure). A write that cannot finish within
+  ``send_timeout`` drops the client, so memory per connection stays bounded
+  (docs/ipc.md, "Memory bound").
   :func:`current_request` tells a handler which connection asked.
 * A client ``push`` is a notification: its handler runs and nothing is answered.
 * Bad bytes never take the server down: an undecodable body gets an ``error``
@@ -71,6 +74,7 @@ from switchyard.protocols.ipc import (
 )
 from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, FrameTooLarge, encode_frame
 from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.ipc.address import (
     IpcAddress,
     default_socket_dir,
@@ -79,7 +83,7 @@ from switchyard.transports.ipc.address import (
     parse_address,
     socket_path_for,
 )
-from switchyard.transports.ipc.connection import HANDED_OFF, FramedConnection
+from switchyard.transports.ipc.connection import HANDED_OFF, FramedConnection, SendTimeout
 from switchyard.transports.ipc.errors import ReplyError
 
 __all__ = ["RequestContext", "SocketServer", "current_request", "request"]
@@ -217,8 +221,8 @@ class SocketServer:
         account's own path, :func:`~switchyard.transports.ipc.address.socket_path_for`.
 
         ``heartbeat_timeout`` defaults to 4 x ``health_check_interval``. ``send_timeout``
-        bounds how long a push may wait on one client's full socket before that
-        client is dropped. ``grace_period``: how long :meth:`aclose` lets in-flight
+        bounds how long any write (reply, error, push, stream item) may wait on one
+        client's full socket before that client is dropped. ``grace_period``: how long :meth:`aclose` lets in-flight
         requests finish.
         """
         if socket_path is None:
@@ -240,13 +244,20 @@ class SocketServer:
         self.grace_period = grace_period
         self.backlog = backlog
         self.log = logger or logging.getLogger("switchyard.ipc.server")
+        self._stuck_log = RateLimitedLog(self.log, what="stuck-client drops")
         self.bound_address: IpcAddress | None = None
 
         self._handlers: dict[str, Handler] = {}
         self._conns: dict[str, _Connection] = {}
         self._conn_ids = itertools.count(1)
         self._method_stats: dict[str, _MethodStats] = {}
-        self._counters = {"connections_total": 0, "messages_received": 0, "messages_sent": 0, "errors": 0}
+        self._counters = {
+            "connections_total": 0,
+            "messages_received": 0,
+            "messages_sent": 0,
+            "errors": 0,
+            "stuck_dropped": 0,
+        }
         self._started_at: float | None = None
         self._draining = False
         self._serve_scope: trio.CancelScope | None = None
@@ -460,17 +471,29 @@ class SocketServer:
         """
         try:
             try:
-                await conn.framed.send(message)
+                await conn.framed.send(message, self.send_timeout)
             except (CodecError, FrameTooLarge) as exc:
                 self._counters["errors"] += 1
                 self.log.error("answer to %r (connection %s) cannot be sent: %s", message.method, conn.id, exc)
                 await conn.framed.send(
-                    Message.error(message.id, message.method, ERR_HANDLER, f"result cannot be sent: {exc}"[:2000])
+                    Message.error(message.id, message.method, ERR_HANDLER, f"result cannot be sent: {exc}"[:2000]),
+                    self.send_timeout,
                 )
+        except SendTimeout:
+            self._dropped_stuck(conn)
+            return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         self._counters["messages_sent"] += 1
         return True
+
+    def _dropped_stuck(self, conn: _Connection) -> None:
+        """``conn`` did not take a write within ``send_timeout``; it has been closed."""
+        self._counters["errors"] += 1
+        self._counters["stuck_dropped"] += 1
+        reason = f"not reading: a write blocked for {self.send_timeout:g} s (send_timeout)"
+        conn.end(reason)
+        self._stuck_log("dropped connection %s (%s): %s", conn.id, conn.peer, reason)
 
     async def _on_bad(self, conn: _Connection, exc: IpcProtocolError) -> None:
         self._counters["errors"] += 1
@@ -558,7 +581,9 @@ class SocketServer:
         ``max_in_flight`` slot) and this task finishes the handler, cancellable
         through its own scope (``job``); with no slot free, this task finishes the
         handler before it reads on (backpressure) and the handler can only be
-        cancelled by shutdown.
+        cancelled by shutdown. The slot is held until the reply is written (or the
+        write gave up after ``send_timeout``), so a client that does not read holds
+        at most ``max_in_flight`` replies in memory.
         """
         started = time.perf_counter()
         ok = False
@@ -567,41 +592,48 @@ class SocketServer:
         context = (conn.id, message.id, method, self)
         token = _current.set(context)
         try:
-            result = first_step(handler(message.data))
-            blocked = isinstance(result, Blocked)
-            conn.role.record(blocked)
-            if blocked:
-                # From here on no cancel scope may be entered around the coroutine
-                # (it may hold scopes of its own): only the task's.
-                _current.reset(token)  # the new reader must not inherit this request
-                handed_off = conn.role.hand_off()
-                token = _current.set(context)
-                result = await self._finish_blocking(conn, job, message, result, handed_off)
-            if getattr(type(result), "__aiter__", None) is not None:
-                await _close_quietly(result)
-                raise TypeError(f"method {method!r} streams: call it with client.stream()")
-            answer = Message(Kind.RESPONSE, message.id, method, result)
-            ok = True
-        except ReplyError as exc:
-            answer = message.reply_error(exc.code, exc.detail)
-        except Exception as exc:
-            self._counters["errors"] += 1
-            self.log.exception("handler for %r (connection %s, id %r) failed", method, conn.id, message.id)
-            answer = message.reply_error(ERR_HANDLER, f"{type(exc).__name__}: {exc}"[:2000])
-        finally:
-            _current.reset(token)
-            stats = self._method_stats.get(method)
-            if stats is None:
-                stats = self._method_stats[method] = _MethodStats()
-            stats.record(time.perf_counter() - started, ok)
-        if reply:
             try:
-                await conn.framed.send_frame(encode_frame(answer, conn.framed.codec, self.max_frame_size))
-                self._counters["messages_sent"] += 1
-            except (CodecError, FrameTooLarge):
-                await self._send(conn, answer)  # replaces it with an error naming the problem
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                result = first_step(handler(message.data))
+                blocked = isinstance(result, Blocked)
+                conn.role.record(blocked)
+                if blocked:
+                    # From here on no cancel scope may be entered around the coroutine
+                    # (it may hold scopes of its own): only the task's.
+                    _current.reset(token)  # the new reader must not inherit this request
+                    handed_off = conn.role.hand_off()
+                    token = _current.set(context)
+                    result = await self._finish_blocking(conn, job, message, result, handed_off)
+                if getattr(type(result), "__aiter__", None) is not None:
+                    await _close_quietly(result)
+                    raise TypeError(f"method {method!r} streams: call it with client.stream()")
+                answer = Message(Kind.RESPONSE, message.id, method, result)
+                ok = True
+            except ReplyError as exc:
+                answer = message.reply_error(exc.code, exc.detail)
+            except Exception as exc:
+                self._counters["errors"] += 1
+                self.log.exception("handler for %r (connection %s, id %r) failed", method, conn.id, message.id)
+                answer = message.reply_error(ERR_HANDLER, f"{type(exc).__name__}: {exc}"[:2000])
+            finally:
+                _current.reset(token)
+                stats = self._method_stats.get(method)
+                if stats is None:
+                    stats = self._method_stats[method] = _MethodStats()
+                stats.record(time.perf_counter() - started, ok)
+            if reply:
+                try:
+                    frame = encode_frame(answer, conn.framed.codec, self.max_frame_size)
+                    await conn.framed.send_frame(frame, self.send_timeout)
+                    self._counters["messages_sent"] += 1
+                except (CodecError, FrameTooLarge):
+                    await self._send(conn, answer)  # replaces it with an error naming the problem
+                except SendTimeout:
+                    self._dropped_stuck(conn)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        finally:
+            if handed_off:
+                conn.role.release()
         return handed_off
 
     async def _finish_blocking(
@@ -620,9 +652,7 @@ class SocketServer:
         finally:
             if registered:
                 del conn.running[message.id]
-            if handed_off:
-                conn.role.release()
-            else:
+            if not handed_off:
                 conn.framed.paused = False
 
     # -- streams --------------------------------------------------------------
