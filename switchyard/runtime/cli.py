@@ -1,8 +1,11 @@
-"""The ``switchyard`` command: ``run``, ``check`` and ``kinds``.
+"""The ``switchyard`` command: ``run``, ``check``, ``apps``, ``kinds`` and ``--version``.
 
-Exit status: 0 after an orderly stop (SIGINT/SIGTERM), 2 for a bad manifest or bad
-arguments (one readable line on stderr), 1 when the app fails (an actor cannot
-start, or the root supervisor gives up).
+A manifest argument is a path or the name of a shipped app (``switchyard apps``);
+without one the default app runs. Exit status: 0 after an orderly stop
+(SIGINT/SIGTERM), 2 for a bad manifest or bad arguments (one readable line on
+stderr), 1 when the app fails (an actor cannot start, or the root supervisor gives
+up; one line naming the actor and the cause, a traceback only with
+``--log-level DEBUG``).
 """
 
 from __future__ import annotations
@@ -12,30 +15,66 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
-from switchyard.runtime.errors import ConfigError, SupervisorEscalation, single_cause
+from switchyard.runtime.errors import ConfigError, describe_start_failure, single_cause
 from switchyard.runtime.kinds import known_kinds, resolve_kind, summary
-from switchyard.runtime.logs import configure_logging
-from switchyard.runtime.manifest import AppSpec, default_manifest_path, load_manifest, open_app, start_app
+from switchyard.runtime.logs import LEVELS, configure_logging, env_log_format, env_log_level
+from switchyard.runtime.manifest import (
+    AppSpec,
+    actor_addresses,
+    default_manifest_path,
+    load_manifest,
+    open_app,
+    shipped_apps,
+    start_app,
+)
+
+__all__ = ["build_parser", "main", "resolve_manifest", "run_until_signalled"]
 
 log = logging.getLogger("switchyard.cli")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("switchyard")
+    except PackageNotFoundError:
+        import switchyard
+
+        return switchyard.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchyard", description="Run switchyard actor apps.")
+    parser.add_argument("--version", action="version", version=f"switchyard {_version()}")
+    level = env_log_level()
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=level if level in LEVELS else "INFO",
+        choices=list(LEVELS),
         type=str.upper,
-        help="log level (default INFO)",
+        help="log level (default: $SWITCHYARD_LOG_LEVEL, else $LOG_LEVEL, else INFO)",
     )
-    parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log format (default text)")
+    fmt = env_log_format()
+    parser.add_argument(
+        "--log-format",
+        default=fmt if fmt in ("text", "json") else "text",
+        choices=["text", "json"],
+        help="log format (default: $SWITCHYARD_LOG_FORMAT, else text)",
+    )
+    parser.add_argument(
+        "--log-file",
+        default=None,
+        metavar="PATH",
+        help="write logs to PATH instead of stderr, rotated at 10 MiB keeping 5 old files",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an app manifest (default: the built-in default app)")
-    run.add_argument("manifest", nargs="?", help="path to an app manifest (TOML)")
+    run.add_argument("manifest", nargs="?", help="path to an app manifest (TOML) or a shipped app's name")
     run.add_argument(
         "--grace-period",
         type=float,
@@ -43,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight work gets on shutdown (default: the manifest's)",
     )
     check = commands.add_parser("check", help="validate a manifest; start nothing")
-    check.add_argument("manifest", help="path to an app manifest (TOML)")
+    check.add_argument("manifest", nargs="?", help="path or shipped app name (default: the default app)")
     commands.add_parser("kinds", help="list the registered actor kinds")
+    commands.add_parser("apps", help="list the shipped app manifests")
     return parser
 
 
@@ -56,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # `switchyard kinds | head`: the reader left; say nothing more.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -64,12 +111,17 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    try:
+        configure_logging(args.log_level, args.log_format, log_file=args.log_file)
+    except OSError as exc:
+        print(f"switchyard: cannot open log file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if args.command == "kinds":
         return _kinds()
-    path = args.manifest if args.manifest else default_manifest_path()
+    if args.command == "apps":
+        return _apps()
     try:
-        app = load_manifest(path)
+        app = load_manifest(resolve_manifest(args.manifest))
     except ConfigError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
@@ -82,15 +134,38 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         trio.run(run_until_signalled, app, args.grace_period)
     except BaseException as raised:
-        exc = single_cause(raised)
-        if isinstance(exc, KeyboardInterrupt):
+        failure = single_cause(raised)
+        if isinstance(failure, KeyboardInterrupt):
             return 0
-        if isinstance(exc, SupervisorEscalation | ConfigError | OSError):
-            log.error("%s", exc)
-            print(f"switchyard: {exc}", file=sys.stderr)
-            return 1
-        raise
+        if not isinstance(failure, Exception):
+            raise
+        line = failure_line(failure)
+        log.debug("app %r failed", app.name, exc_info=failure)
+        print(f"switchyard: {line}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for why the app stopped: the actor and the cause when one is known."""
+    from switchyard.runtime.errors import ActorStartFailed, SupervisorEscalation
+
+    if isinstance(exc, ActorStartFailed | SupervisorEscalation | ConfigError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return describe_start_failure("?", exc).replace("actor '?' cannot start: ", "", 1)
+
+
+def resolve_manifest(name: str | None) -> Path:
+    """A manifest path for ``name``: the default app for ``None``, a shipped app by name, else a path."""
+    if not name:
+        return default_manifest_path()
+    path = Path(name)
+    if path.exists() or path.suffix or "/" in name:
+        return path
+    apps = shipped_apps()
+    if name in apps:
+        return apps[name]
+    raise ConfigError(f"{name}: no such file and no shipped app of that name (shipped: {', '.join(apps)})")
 
 
 async def run_until_signalled(app: AppSpec, grace_period: float | None = None) -> None:
@@ -114,10 +189,31 @@ async def run_until_signalled(app: AppSpec, grace_period: float | None = None) -
             nursery.start_soon(watch_signals)
             async with open_app(app, grace_period=grace_period) as system:
                 await start_app(system, app)
+                _banner(app)
                 log.info("app %r ready: %s", app.name, ", ".join(system.names()) or "(no actors)")
                 await stop.wait()
             nursery.cancel_scope.cancel()
     log.info("app %r stopped", app.name)
+
+
+def _banner(app: AppSpec) -> None:
+    width = max((len(actor.name) for actor in app.actors), default=0)
+    lines = [f"switchyard: app {app.name!r} from {app.source}"]
+    for actor in app.actors:
+        where = ", ".join(actor_addresses(actor.config)) or "(no address)"
+        lines.append(f"  {actor.name:<{width}}  {actor.kind:<16} {where}")
+    lines.append("stop with Ctrl-C or SIGTERM (a second signal cancels at once)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _apps() -> int:
+    for name, path in shipped_apps().items():
+        try:
+            description = load_manifest(path).description
+        except ConfigError as exc:
+            description = f"(invalid: {exc})"
+        print(f"{name:<22} {description}")
+    return 0
 
 
 def _kinds() -> int:

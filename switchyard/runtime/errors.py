@@ -90,3 +90,37 @@ class SupervisorEscalation(SwitchyardError):
 
 class ConfigError(SwitchyardError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+class ActorStartFailed(SwitchyardError):
+    """An actor of an app could not start (its ``on_start`` raised, e.g. a port in use).
+
+    ``actor`` names it, ``exception`` is the original error (also ``__cause__``) and
+    ``addresses`` are the endpoint-like values of its config (for the message).
+    """
+
+    def __init__(self, actor: str, exception: BaseException, addresses: tuple[str, ...] = ()) -> None:
+        self.actor = actor
+        self.exception = exception
+        self.addresses = addresses
+        super().__init__(describe_start_failure(actor, exception, addresses))
+        self.__cause__ = exception
+
+
+_BIND_ERRNOS = {98: "address already in use", 99: "address not available", 13: "permission denied"}
+
+
+def describe_start_failure(actor: str, exc: BaseException, addresses: tuple[str, ...] = ()) -> str:
+    """One line for a start failure: ``actor 'x' cannot bind ADDR: address already in use``.
+
+    Works for ``OSError`` and ``zmq.ZMQError`` (both carry ``errno``) and falls back
+    to ``actor 'x' cannot start: Type: message`` for anything else.
+    """
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno in _BIND_ERRNOS:
+        where = ", ".join(addresses) if addresses else "its address"
+        return f"actor {actor!r} cannot bind {where}: {_BIND_ERRNOS[errno]}"
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None:
+        detail = f"{exc.filename}: {detail}"
+    return f"actor {actor!r} cannot start: {type(exc).__name__}: {detail}"

@@ -32,6 +32,7 @@ the key. :func:`run_app` starts a loaded manifest inside a system.
 from __future__ import annotations
 
 import tomllib
+from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import attrs
 
 from switchyard.runtime.actor import Actor
 from switchyard.runtime.config import build_config
-from switchyard.runtime.errors import ConfigError
+from switchyard.runtime.errors import ActorStartFailed, ConfigError, single_cause
 from switchyard.runtime.kinds import resolve_kind
 from switchyard.runtime.supervisor import Restart, Strategy, parse_enum
 from switchyard.runtime.system import System, open_system
@@ -120,6 +121,13 @@ class AppSpec:
     root: SupervisorSpec
     supervisors: tuple[SupervisorSpec, ...]
     actors: tuple[ActorSpec, ...]
+    description: str = ""
+
+
+def shipped_apps() -> dict[str, Path]:
+    """Name -> path of every manifest shipped in ``switchyard/apps`` (``switchyard run NAME``)."""
+    folder = Path(str(resources.files("switchyard.apps")))
+    return {path.stem: path for path in sorted(folder.glob("*.toml"))}
 
 
 def default_manifest_path() -> Path:
@@ -147,6 +155,8 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     if "app" not in raw:
         raise ConfigError(f"{source}: missing required table [app]")
+    if "actors" in raw:
+        raise ConfigError(f"{source}: unknown table [[actors]]: actors are declared as [[actor]] (singular)")
     raw_actors = raw.pop("actor", [])
     if not isinstance(raw_actors, list):
         raise ConfigError(f"{source}: [[actor]] must be an array of tables")
@@ -181,6 +191,7 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
             )
         )
     actors = []
+    names.discard(root.name)  # actors and the root supervisor live in separate namespaces
     for entry in actor_tables:
         where = f"{source}: actor {entry.name!r}"
         if entry.name in names:
@@ -212,6 +223,7 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
         root=root,
         supervisors=tuple(nested),
         actors=tuple(actors),
+        description=table.app.description,
     )
 
 
@@ -231,17 +243,46 @@ async def start_app(system: System, app: AppSpec) -> None:
         )
     for actor in app.actors:
         supervisor = None if actor.supervisor in (None, app.root.name) else actor.supervisor
-        await system.spawn(
-            actor.actor_class,
-            name=actor.name,
-            config=actor.config,
-            restart=actor.restart,
-            mailbox_capacity=actor.mailbox_capacity,
-            supervisor=supervisor,
-        )
+        try:
+            await system.spawn(
+                actor.actor_class,
+                name=actor.name,
+                config=actor.config,
+                restart=actor.restart,
+                mailbox_capacity=actor.mailbox_capacity,
+                supervisor=supervisor,
+            )
+        except Exception as raised:
+            exc = single_cause(raised)
+            if isinstance(exc, ConfigError | ActorStartFailed):
+                raise exc from None
+            raise ActorStartFailed(actor.name, exc, actor_addresses(actor.config)) from exc
 
 
-def open_app(app: AppSpec, *, grace_period: float | None = None):  # type: ignore[no-untyped-def]
+_ADDRESS_HINTS = ("endpoint", "address", "bind", "url")
+
+
+def actor_addresses(config: Any) -> tuple[str, ...]:
+    """The endpoint-like values of an actor config (``*endpoint*``, ``*address*``, host+port).
+
+    Used to name what an actor serves in the start banner and in start failures.
+    """
+    if not attrs.has(type(config)):
+        return ()
+    found: list[str] = []
+    values = attrs.asdict(config, recurse=False)
+    for key, value in values.items():
+        if isinstance(value, str) and value and any(hint in key for hint in _ADDRESS_HINTS):
+            found.append(value)
+        elif attrs.has(type(value)):
+            found.extend(actor_addresses(value))
+    host, port = values.get("host"), values.get("port")
+    if isinstance(host, str) and isinstance(port, int):
+        found.append(f"{host}:{port}")
+    return tuple(dict.fromkeys(found))
+
+
+def open_app(app: AppSpec, *, grace_period: float | None = None) -> AbstractAsyncContextManager[System]:
     """``open_system`` configured from ``app`` (root policy and grace period)."""
     return open_system(
         app.name,

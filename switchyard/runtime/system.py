@@ -90,7 +90,7 @@ class System:
         registered. ``config`` may be an instance of ``actor_class.Config``, a dict
         validated into it, or ``None`` for its defaults.
         """
-        if name in self._slots or name in self._supervisors:
+        if name in self._slots or self._supervisors.get(name, self.root) is not self.root:
             raise ConfigError(f"an actor or supervisor named {name!r} already exists")
         capacity = mailbox_capacity if mailbox_capacity is not None else actor_class.mailbox_capacity
         if capacity < 1:

@@ -122,7 +122,10 @@ def test_start_failure_exits_1(tmp_path: Path) -> None:
     finally:
         squatter.close(0)
     assert result.returncode == 1
-    assert "Address already in use" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"switchyard: actor 'health' cannot bind {endpoint}: address already in use"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_default_app_starts_and_exits_0_on_sigint() -> None:
@@ -141,3 +144,67 @@ def test_default_app_starts_and_exits_0_on_sigint() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_on_start_raising_is_one_line_naming_the_actor(tmp_path: Path) -> None:
+    (tmp_path / "failing_actor.py").write_text(
+        "from switchyard import Actor\n"
+        "class Failing(Actor):\n"
+        '    """Fails to start."""\n'
+        "    async def on_start(self):\n"
+        "        raise RuntimeError('model missing')\n"
+    )
+    manifest = tmp_path / "app.toml"
+    manifest.write_text('[app]\nname = "f"\n[[actor]]\nname = "broken"\nkind = "failing_actor:Failing"\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([*CLI, "run", str(manifest)], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "switchyard: actor 'broken' cannot start: RuntimeError: model missing"
+    assert "Traceback" not in result.stderr
+    debug = subprocess.run(
+        [*CLI, "--log-level", "DEBUG", "run", str(manifest)], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_version_apps_and_check_by_name() -> None:
+    version = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("switchyard ")
+    apps = subprocess.run([*CLI, "apps"], capture_output=True, text=True, timeout=60)
+    names = [line.split()[0] for line in apps.stdout.splitlines()]
+    assert {"default", "aipara", "inference", "robot"} <= set(names)
+    check = subprocess.run([*CLI, "check", "ipc"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "ipc.toml: ok" in check.stdout, check.stderr
+    unknown = subprocess.run([*CLI, "check", "no_such_app"], capture_output=True, text=True, timeout=30)
+    assert unknown.returncode == 2 and "no shipped app of that name" in unknown.stderr
+
+
+def test_kinds_into_a_closed_pipe_has_no_traceback() -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m switchyard.runtime.cli kinds | head -1", shell=True, capture_output=True, text=True
+    )
+    assert len(result.stdout.splitlines()) == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_log_file_and_env_log_format(tmp_path: Path) -> None:
+    log_file = tmp_path / "sy.log"
+    endpoint = free_tcp_endpoint()
+    proc = subprocess.Popen(
+        [*CLI, "--log-file", str(log_file), "run", str(_manifest(tmp_path, endpoint))],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SWITCHYARD_LOG_FORMAT": "json", "LOG_LEVEL": "debug"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "ready" not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any("ready" in r["message"] and r["logger"] == "switchyard.cli" for r in records)
+    assert any(r["level"] == "DEBUG" for r in records)  # LOG_LEVEL=debug honoured

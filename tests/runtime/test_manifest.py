@@ -87,6 +87,7 @@ def test_module_colon_class_kind() -> None:
             "supervisor 'ghost' is not defined",
         ),
         ('[app]\nname="x"\n[[actor]]\nname="a"\nkind="os:path"\n', "is not an Actor subclass"),
+        ('[app]\nname="x"\n[[actors]]\nname="a"\nkind="echo"\n', "actors are declared as [[actor]] (singular)"),
         ('[app]\nname="x"\n[[actor]]\nname="a"\nkind="no_such_module:X"\n', "cannot import module 'no_such_module'"),
     ],
 )
@@ -115,3 +116,8 @@ async def test_run_manifest_starts_the_actors() -> None:
     async with run_manifest(text) as system:
         assert await system.lookup("health").ask("hi") == "hi"
         assert system.supervisor("edge").children == ["health"]
+
+
+def test_an_actor_may_share_the_apps_name() -> None:
+    app = parse_manifest('[app]\nname="x"\n[[actor]]\nname="x"\nkind="echo"\n', source="x.toml")
+    assert [a.name for a in app.actors] == ["x"]
