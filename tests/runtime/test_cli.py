@@ -207,4 +207,17 @@ def test_log_file_and_env_log_format(tmp_path: Path) -> None:
         proc.kill()
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert any("ready" in r["message"] and r["logger"] == "switchyard.cli" for r in records)
-    assert any(r["level"] == "DEBUG" for r in records)  # LOG_LEVEL=debug honoured
+    assert proc.stderr is not None and "switchyard.cli" not in proc.stderr.read()  # logs went to the file
+
+
+def test_log_level_from_the_environment() -> None:
+    from switchyard.runtime.logs import env_log_format, env_log_level
+
+    assert env_log_level({}) == "INFO"
+    assert env_log_level({"LOG_LEVEL": "debug"}) == "DEBUG"
+    assert env_log_level({"LOG_LEVEL": "debug", "SWITCHYARD_LOG_LEVEL": "error"}) == "ERROR"
+    assert env_log_format({"SWITCHYARD_LOG_FORMAT": "JSON"}) == "json"
+    quiet = subprocess.run(
+        [*CLI, "check", "ipc"], capture_output=True, text=True, timeout=60, env={**os.environ, "LOG_LEVEL": "ERROR"}
+    )
+    assert quiet.returncode == 0 and "WARNING" not in quiet.stderr
