@@ -16,4 +16,5 @@ KINDS: dict[str, str] = {
     "inference": "switchyard.services.inference.service:InferenceActor",
     "inference_broker": "switchyard.services.inference.broker:InferenceBrokerActor",
     "inference_worker": "switchyard.services.inference.worker:InferenceWorkerActor",
+    "inference_redis": "switchyard.services.inference.redis_worker:RedisQueueActor",
 }

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -296,6 +296,10 @@ class InferenceEngine:
         self._nursery: trio.Nursery | None = None
         self.in_flight = 0
         self.stats = {"tasks": 0, "succeeded": 0, "failed": 0, "busy": 0}
+        #: Task types served by code instead of a registry model (e.g. voice activity
+        #: detection, switchyard.services.inference.vad): ``async (request) -> result``;
+        #: a ``ValueError`` becomes an error reply with its text.
+        self.handlers: dict[str, Callable[[TaskRequest], Awaitable[Mapping[str, Any]]]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Preload models, report ready, then host the batchers until cancelled."""
@@ -356,6 +360,13 @@ class InferenceEngine:
     async def run_request(self, request: TaskRequest, start: float | None = None) -> TaskReply:
         """Run a parsed JSON-form task; failures come back as an ``error`` reply."""
         start = time.perf_counter() if start is None else start
+        handler = self.handlers.get(request.task_type)
+        if handler is not None:
+            try:
+                result = await handler(request)
+            except ValueError as exc:
+                return TaskReply.failure(request.task_id, str(exc), _ms_since(start))
+            return TaskReply.success(request.task_id, result, _ms_since(start))
         try:
             model = await self.registry.route(request.task_type, request.model_path)
             spec = model.spec.with_params(request.params)
