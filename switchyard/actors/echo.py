@@ -15,13 +15,15 @@ import attrs
 
 from switchyard.protocols.codec import CodecError, json_codec
 from switchyard.runtime import Actor
+from switchyard.runtime.config import endpoint as valid_endpoint
+from switchyard.runtime.config import positive
 from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
 
 
 @attrs.frozen
 class EchoConfig:
-    endpoint: str = "tcp://127.0.0.1:5590"
-    max_message_size: int = 1 << 20
+    endpoint: str = attrs.field(default="tcp://127.0.0.1:5590", validator=valid_endpoint)
+    max_message_size: int = attrs.field(default=1 << 20, validator=positive)
 
 
 class EchoActor(Actor):

@@ -126,7 +126,6 @@ class ActorSlot:
         self.ref = ActorRef(self)
         self.counters = ActorCounters()
         self.log = logging.getLogger(f"switchyard.actor.{name}")
-        self.stop_requested = False
         self.incarnations = 0
 
     @property
@@ -151,7 +150,6 @@ class ActorSlot:
 
     def request_stop(self) -> None:
         """Stop accepting messages; the running incarnation drains its mailbox and stops."""
-        self.stop_requested = True
         self.send_channel.close()
 
     def close_for_good(self, reason: str) -> None:

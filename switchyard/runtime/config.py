@@ -9,11 +9,34 @@ problem as one :class:`ConfigError` line naming where it is and the key::
 Supported annotations: ``str``, ``int``, ``float`` (ints accepted), ``bool``,
 ``bytes`` (from str), ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``,
 ``T | None``, ``Literal[...]``, ``Any``, enums (by value) and nested attrs classes.
+
+Range and syntax checks are attrs validators on the fields; :func:`build_config`
+runs them itself so a bad value is reported with the key, e.g.
+``actor 'a' [config]: key 'max_message_size': must be > 0, got -5``. The helpers
+here (:func:`positive`, :func:`non_negative`, :func:`port`, :func:`endpoint`,
+:func:`host_port`, :func:`existing_file`) pass ``None`` through, so they fit
+optional fields too::
+
+    @attrs.frozen
+    class Config:
+        endpoint: str = attrs.field(default="tcp://127.0.0.1:5590", validator=endpoint)
+        max_message_size: int = attrs.field(default=1 << 20, validator=positive)
+
+A check that should run only when a config is loaded (not when code constructs the
+class, e.g. a file that must exist by the time the manifest is checked) goes in the
+field's metadata instead: ``attrs.field(default="", metadata={"validate": existing_file})``.
+
+Renamed or moved keys: list them in a class attribute ``renamed_keys`` (old dotted
+key -> new dotted key, e.g. ``{"ping_timeout": "engine.ping_timeout"}``); an old
+key still works and logs one deprecation warning line naming both.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import os
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -22,8 +45,71 @@ import attrs
 
 from switchyard.runtime.errors import ConfigError
 
+__all__ = [
+    "build_config",
+    "endpoint",
+    "existing_file",
+    "host_port",
+    "non_negative",
+    "port",
+    "positive",
+]
+
 T = TypeVar("T")
 _MISSING = object()
+log = logging.getLogger("switchyard.config")
+
+
+# -- validators (attrs-compatible: called as validator(instance, attribute, value)) --
+def positive(instance: Any, attribute: Any, value: Any) -> None:
+    """A number > 0 (``None`` passes)."""
+    if value is not None and not value > 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+
+
+def non_negative(instance: Any, attribute: Any, value: Any) -> None:
+    """A number >= 0 (``None`` passes)."""
+    if value is not None and not value >= 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+
+
+def port(instance: Any, attribute: Any, value: Any) -> None:
+    """A TCP port, 1..65535 (0, "any free port", is accepted too; ``None`` passes)."""
+    if value is not None and not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number 0..65535, got {value!r}")
+
+
+_ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+def endpoint(instance: Any, attribute: Any, value: Any) -> None:
+    """A ZeroMQ endpoint: ``tcp://HOST:PORT``, ``ipc://PATH`` or ``inproc://NAME``.
+
+    ``None`` and ``""`` (the usual "disabled") pass.
+    """
+    if value is None or value == "":
+        return
+    match = _ENDPOINT.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"must be an endpoint like tcp://127.0.0.1:5555 or ipc://PATH, got {value!r}")
+    number = match.group("port")
+    if number not in (None, "*") and not 0 <= int(number) <= 65535:
+        raise ValueError(f"port {number} of {value!r} is not 0..65535")
+
+
+def host_port(instance: Any, attribute: Any, value: Any) -> None:
+    """``HOST:PORT`` with a port 0..65535 (``None`` passes)."""
+    if value is None:
+        return
+    host, sep, number = str(value).rpartition(":")
+    if not sep or not host or not number.isdigit() or not 0 <= int(number) <= 65535:
+        raise ValueError(f"must be HOST:PORT like 127.0.0.1:8090, got {value!r}")
+
+
+def existing_file(instance: Any, attribute: Any, value: Any) -> None:
+    """A path (relative to the working directory) to an existing file; ``None`` and ``""`` pass."""
+    if value and not os.path.isfile(value):
+        raise ValueError(f"file {str(value)!r} does not exist")
 
 
 def build_config(cls: type[T], value: Any, *, where: str) -> T:
@@ -38,6 +124,9 @@ def build_config(cls: type[T], value: Any, *, where: str) -> T:
 def _structure(cls: Any, data: Any, where: str, path: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: {_label(path, 'config')} must be a table, got {_type_name(data)}")
+    renamed = getattr(cls, "renamed_keys", None)
+    if renamed:
+        data = _apply_renames(dict(data), renamed, where, path)
     fields = {f.name: f for f in attrs.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
@@ -48,13 +137,42 @@ def _structure(cls: Any, data: Any, where: str, path: str) -> Any:
     for name, field in fields.items():
         key = _join(path, name)
         if name in data:
-            kwargs[field.alias or name] = _check(hints.get(name, Any), data[name], where, key)
+            value = _check(hints.get(name, Any), data[name], where, key)
+            for validate in (field.validator, field.metadata.get("validate")):
+                if validate is None:
+                    continue
+                try:
+                    validate(None, field, value)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{where}: key {key!r}: {exc}") from None
+            kwargs[field.alias or name] = value
         elif field.default is attrs.NOTHING:
             raise ConfigError(f"{where}: missing required key {key!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {_label(path, 'config')}: {exc}") from None
+
+
+def _apply_renames(data: dict[str, Any], renamed: dict[str, str], where: str, path: str) -> dict[str, Any]:
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        log.warning(
+            "%s: key %r is deprecated: write %r instead", where, _join(path, old), _join(path, new)
+        )
+        *parents, leaf = new.split(".")
+        target = data
+        for part in parents:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{where}: key {_join(path, part)!r} must be a table, got {_type_name(nested)}")
+            target = nested
+        if leaf in target:
+            raise ConfigError(f"{where}: both {_join(path, old)!r} and its new name {_join(path, new)!r} are set")
+        target[leaf] = value
+    return data
 
 
 def _check(tp: Any, value: Any, where: str, key: str) -> Any:
@@ -132,7 +250,8 @@ def _type_text(tp: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "table", list: "array"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "table", list: "array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _join(path: str, name: str) -> str:

@@ -40,11 +40,25 @@ from typing import Any
 import attrs
 
 from switchyard.runtime.actor import Actor
-from switchyard.runtime.config import build_config
+from switchyard.runtime.config import build_config, non_negative, positive
 from switchyard.runtime.errors import ActorStartFailed, ConfigError, single_cause
 from switchyard.runtime.kinds import resolve_kind
-from switchyard.runtime.supervisor import Restart, Strategy, parse_enum
+from switchyard.runtime.supervisor import DEFAULT_POLICY, Restart, Strategy, parse_enum
 from switchyard.runtime.system import System, open_system
+
+__all__ = [
+    "DEFAULT_APP",
+    "ActorSpec",
+    "AppSpec",
+    "SupervisorSpec",
+    "actor_addresses",
+    "default_manifest_path",
+    "load_manifest",
+    "open_app",
+    "parse_manifest",
+    "shipped_apps",
+    "start_app",
+]
 
 DEFAULT_APP = "default.toml"
 
@@ -52,23 +66,23 @@ DEFAULT_APP = "default.toml"
 @attrs.frozen
 class _AppTable:
     name: str
-    grace_period: float = 5.0
+    grace_period: float = attrs.field(default=5.0, validator=non_negative)
     description: str = ""
 
 
 @attrs.frozen
 class _SupervisorTable:
-    strategy: str = "one_for_one"
-    max_restarts: int = 3
-    within: float = 5.0
+    strategy: str = DEFAULT_POLICY.strategy.value
+    max_restarts: int = attrs.field(default=DEFAULT_POLICY.max_restarts, validator=non_negative)
+    within: float = attrs.field(default=DEFAULT_POLICY.within, validator=positive)
 
 
 @attrs.frozen
 class _NestedSupervisorTable:
     name: str
-    strategy: str = "one_for_one"
-    max_restarts: int = 3
-    within: float = 5.0
+    strategy: str = DEFAULT_POLICY.strategy.value
+    max_restarts: int = attrs.field(default=DEFAULT_POLICY.max_restarts, validator=non_negative)
+    within: float = attrs.field(default=DEFAULT_POLICY.within, validator=positive)
     restart: str = "permanent"
     parent: str | None = None
 
@@ -78,7 +92,7 @@ class _ActorTable:
     name: str
     kind: str
     restart: str = "permanent"
-    mailbox_capacity: int | None = None
+    mailbox_capacity: int | None = attrs.field(default=None, validator=positive)
     supervisor: str | None = None
     config: dict[str, Any] = attrs.Factory(dict)
 

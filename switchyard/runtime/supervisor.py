@@ -22,13 +22,15 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
 import trio
 
 from switchyard.runtime.errors import ConfigError, SupervisorEscalation, single_cause
+
+
+__all__ = ["DEFAULT_POLICY", "Child", "Restart", "RestartPolicy", "Strategy", "Supervisor", "parse_enum"]
 
 
 class Strategy(str, enum.Enum):
@@ -43,13 +45,29 @@ class Restart(str, enum.Enum):
     TEMPORARY = "temporary"
 
 
+@attrs.frozen
+class RestartPolicy:
+    """How a supervisor restarts: its strategy and restart intensity.
+
+    More than ``max_restarts`` restarts within ``within`` seconds make it give up.
+    :data:`DEFAULT_POLICY` is the one set of defaults every API and manifest uses.
+    """
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    max_restarts: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    within: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+
+
+DEFAULT_POLICY = RestartPolicy()
+
+
 def parse_enum(enum_type: type[enum.Enum], value: Any, what: str) -> Any:
     if isinstance(value, enum_type):
         return value
     try:
         return enum_type(value)
     except ValueError:
-        known = ", ".join(member.value for member in enum_type)  # type: ignore[attr-defined]
+        known = ", ".join(member.value for member in enum_type)
         raise ConfigError(f"{what} must be one of {known}, not {value!r}") from None
 
 
@@ -86,9 +104,9 @@ class Supervisor:
         self,
         name: str,
         *,
-        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
-        max_restarts: int = 3,
-        within: float = 5.0,
+        strategy: Strategy | str = DEFAULT_POLICY.strategy,
+        max_restarts: int = DEFAULT_POLICY.max_restarts,
+        within: float = DEFAULT_POLICY.within,
     ) -> None:
         if max_restarts < 0 or within <= 0:
             raise ConfigError("max_restarts must be >= 0 and within > 0")
@@ -201,7 +219,7 @@ class Supervisor:
 
         try:
             with running.scope:
-                await entry.child.run(task_status=_Status())  # type: ignore[arg-type]
+                await entry.child.run(task_status=_Status())
         except Exception as exc:
             if not started:
                 raise
@@ -281,5 +299,3 @@ class Supervisor:
                 cause = exc
                 self.log.error("child failed to restart: %r", exc)
 
-
-StartFn = Callable[..., Awaitable[None]]

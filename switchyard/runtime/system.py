@@ -24,7 +24,9 @@ from switchyard.runtime.config import build_config
 from switchyard.runtime.errors import ActorNotFound, ConfigError
 from switchyard.runtime.ref import ActorRef
 from switchyard.runtime.stats import ActorStats
-from switchyard.runtime.supervisor import Restart, Strategy, Supervisor
+from switchyard.runtime.supervisor import DEFAULT_POLICY, Restart, Strategy, Supervisor
+
+__all__ = ["System", "current_system", "open_system"]
 
 _current_system: contextvars.ContextVar[System] = contextvars.ContextVar("switchyard_system")
 log = logging.getLogger("switchyard.system")
@@ -42,9 +44,9 @@ class System:
         self,
         name: str,
         *,
-        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
-        max_restarts: int = 3,
-        within: float = 5.0,
+        strategy: Strategy | str = DEFAULT_POLICY.strategy,
+        max_restarts: int = DEFAULT_POLICY.max_restarts,
+        within: float = DEFAULT_POLICY.within,
         grace_period: float = 5.0,
     ) -> None:
         self.name = name
@@ -114,9 +116,9 @@ class System:
         self,
         name: str,
         *,
-        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
-        max_restarts: int = 3,
-        within: float = 5.0,
+        strategy: Strategy | str = DEFAULT_POLICY.strategy,
+        max_restarts: int = DEFAULT_POLICY.max_restarts,
+        within: float = DEFAULT_POLICY.within,
         restart: Restart | str = Restart.PERMANENT,
         supervisor: str | Supervisor | None = None,
     ) -> Supervisor:
@@ -168,9 +170,9 @@ class System:
 async def open_system(
     name: str = "switchyard",
     *,
-    strategy: Strategy | str = Strategy.ONE_FOR_ONE,
-    max_restarts: int = 3,
-    within: float = 5.0,
+    strategy: Strategy | str = DEFAULT_POLICY.strategy,
+    max_restarts: int = DEFAULT_POLICY.max_restarts,
+    within: float = DEFAULT_POLICY.within,
     grace_period: float = 5.0,
 ) -> AsyncIterator[System]:
     """Run an actor system for the length of the ``async with`` block.

@@ -33,6 +33,7 @@ import trio
 import zmq
 import zmq.auth
 
+from switchyard.runtime.config import existing_file
 from switchyard.transports.zmq import ZmqSocket, default_context, open_socket
 
 __all__ = [
@@ -70,7 +71,7 @@ class CurveConfig:
     """
 
     enabled: bool = False
-    server_key_file: str = ""
+    server_key_file: str = attrs.field(default="", metadata={"validate": existing_file})
     client_keys: list[str] = attrs.Factory(list)
     domain: str = ""
 
