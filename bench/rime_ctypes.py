@@ -118,7 +118,7 @@ class Rime:
         reason = rime_unavailable()
         if reason:
             raise RuntimeError(reason)
-        self._lib = ctypes.CDLL(_find_library())  # type: ignore[arg-type]
+        self._lib = ctypes.CDLL(_find_library())
         self._lib.rime_get_api.restype = ctypes.POINTER(_Api)
         api = self._lib.rime_get_api().contents
         self._user_dir = tempfile.mkdtemp(prefix="switchyard-rime-")
