@@ -27,7 +27,8 @@ class, e.g. a file that must exist by the time the manifest is checked) goes in 
 field's metadata instead: ``attrs.field(default="", metadata={"validate": existing_file})``.
 
 Renamed or moved keys: list them in a class attribute ``renamed_keys`` (old dotted
-key -> new dotted key, e.g. ``{"ping_timeout": "engine.ping_timeout"}``); an old
+key -> new dotted key, a ``ClassVar[dict[str, str]]``, e.g.
+``{"ping_timeout": "engine.ping_timeout"}``); an old
 key still works and logs one deprecation warning line naming both.
 """
 
@@ -159,9 +160,7 @@ def _apply_renames(data: dict[str, Any], renamed: dict[str, str], where: str, pa
         if old not in data:
             continue
         value = data.pop(old)
-        log.warning(
-            "%s: key %r is deprecated: write %r instead", where, _join(path, old), _join(path, new)
-        )
+        log.warning("%s: key %r is deprecated: write %r instead", where, _join(path, old), _join(path, new))
         *parents, leaf = new.split(".")
         target = data
         for part in parents:

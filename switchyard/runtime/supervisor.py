@@ -29,7 +29,6 @@ import trio
 
 from switchyard.runtime.errors import ConfigError, SupervisorEscalation, single_cause
 
-
 __all__ = ["DEFAULT_POLICY", "Child", "Restart", "RestartPolicy", "Strategy", "Supervisor", "parse_enum"]
 
 
@@ -298,4 +297,3 @@ class Supervisor:
             except Exception as exc:  # a child failed to start again: counts as another failure
                 cause = exc
                 self.log.error("child failed to restart: %r", exc)
-

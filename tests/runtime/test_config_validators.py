@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -24,7 +25,7 @@ class _Inner:
 
 @attrs.frozen
 class _Config:
-    renamed_keys = {"old_port": "port", "timeout": "inner.timeout"}
+    renamed_keys: ClassVar[dict[str, str]] = {"old_port": "port", "timeout": "inner.timeout"}
 
     endpoint: str = attrs.field(default="tcp://127.0.0.1:1", validator=endpoint)
     port: int = attrs.field(default=80, validator=port)
