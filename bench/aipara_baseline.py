@@ -258,6 +258,8 @@ class PinyinEngine:
 
     def _hmm_states_uncached(self, observation: str, beam: int) -> list[str]:
         hmm = self.hmm
+        if hmm is None:
+            return []
         states = list(hmm.py2hz_dict.get(observation, ()))
         states.sort(key=lambda s: -(hmm.start(s) * hmm.emission(s, observation)))
         return states[:beam]
