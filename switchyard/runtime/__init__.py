@@ -5,6 +5,7 @@ from switchyard.runtime.config import build_config
 from switchyard.runtime.errors import (
     ActorError,
     ActorNotFound,
+    ActorStartFailed,
     ActorStopped,
     AskTimeout,
     ConfigError,
@@ -15,14 +16,16 @@ from switchyard.runtime.errors import (
 )
 from switchyard.runtime.ref import ActorRef, ReplyStream
 from switchyard.runtime.stats import ActorStats
-from switchyard.runtime.supervisor import Restart, Strategy, Supervisor
+from switchyard.runtime.supervisor import DEFAULT_POLICY, Restart, RestartPolicy, Strategy, Supervisor
 from switchyard.runtime.system import System, current_system, open_system
 
 __all__ = [
+    "DEFAULT_POLICY",
     "Actor",
     "ActorError",
     "ActorNotFound",
     "ActorRef",
+    "ActorStartFailed",
     "ActorStats",
     "ActorStopped",
     "AskTimeout",
@@ -32,6 +35,7 @@ __all__ = [
     "NoConfig",
     "ReplyStream",
     "Restart",
+    "RestartPolicy",
     "Strategy",
     "Supervisor",
     "SupervisorEscalation",
