@@ -1,7 +1,9 @@
 """IPC sockets in one import: ``from switchyard.transports.ipc import SocketServer, SocketClient, request``.
 
 The pieces live in their own modules: :mod:`~switchyard.transports.ipc.server`,
-:mod:`~switchyard.transports.ipc.client`, :mod:`~switchyard.transports.ipc.address`
+:mod:`~switchyard.transports.ipc.server_connection` (one client connection),
+:mod:`~switchyard.transports.ipc.client`, :mod:`~switchyard.transports.ipc.stream`,
+:mod:`~switchyard.transports.ipc.connection`, :mod:`~switchyard.transports.ipc.address`
 and :mod:`~switchyard.transports.ipc.errors`; the wire format is
 :mod:`switchyard.protocols.ipc` and :mod:`switchyard.protocols.ipc_framing`.
 See docs/ipc.md.

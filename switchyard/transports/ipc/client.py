@@ -1,6 +1,6 @@
 """IPC socket client: requests, streams and pushes, with reconnect and heartbeats.
 
-Quick start (the seed's flow, on Trio)::
+Quick start::
 
     async with SocketClient("/tmp/test.sock", account_id="test_account") as client:
 
@@ -45,7 +45,6 @@ What a caller may rely on:
 from __future__ import annotations
 
 import functools
-import heapq
 import inspect
 import itertools
 import logging
@@ -64,7 +63,9 @@ from switchyard.protocols.ipc import ERR_UNKNOWN_METHOD, IpcProtocolError, Kind,
 from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from switchyard.transports.ipc.address import IpcAddress, connect_stream, parse_address, socket_path_for
 from switchyard.transports.ipc.connection import FramedConnection
+from switchyard.transports.ipc.deadlines import Deadlines, Pending
 from switchyard.transports.ipc.errors import ConnectionLost, NotConnected, RemoteError, RequestTimeout
+from switchyard.transports.ipc.stream import IpcStream
 
 __all__ = ["Backoff", "IpcStream", "SocketClient", "open_ipc_client"]
 
@@ -102,71 +103,13 @@ class _HandshakeFailed(Exception):
     pass
 
 
-class _Pending:
-    __slots__ = ("conn", "deadline", "error", "event", "id", "method", "timeout", "value")
-
-    def __init__(self, method: str, id: str, conn: _Conn, timeout: float, deadline: float) -> None:
-        self.method = method
-        self.id = id
-        self.conn = conn
-        self.timeout = timeout
-        self.deadline = deadline
-        self.event = trio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def fail(self, error: BaseException) -> None:
-        if not self.event.is_set():
-            self.error = error
-            self.event.set()
-
-
-class _Deadlines:
-    """Request timeouts without a cancel scope per request.
-
-    Requests are the hot path and a cancel scope costs more than the rest of the
-    bookkeeping together, so pending requests go into a heap by deadline and one
-    task (:meth:`run`) fails the expired ones. Answered requests are popped off the
-    top as they complete, so the heap stays as small as what is really in flight
-    (plus whatever waits behind a longer timeout).
-    """
-
-    def __init__(self, on_expired: Callable[[_Pending], None]) -> None:
-        self._heap: list[tuple[float, int, _Pending]] = []
-        self._seq = itertools.count()
-        self._scope: trio.CancelScope | None = None
-        self._on_expired = on_expired
-
-    def add(self, pending: _Pending) -> None:
-        heapq.heappush(self._heap, (pending.deadline, next(self._seq), pending))
-        scope = self._scope
-        if scope is not None and pending.deadline < scope.deadline:
-            scope.deadline = pending.deadline
-
-    def collect(self) -> None:
-        heap = self._heap
-        while heap and heap[0][2].event.is_set():
-            heapq.heappop(heap)
-
-    async def run(self) -> None:
-        heap = self._heap
-        while True:
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
-                await trio.sleep_forever()
-            now = trio.current_time()
-            while heap and (heap[0][2].event.is_set() or heap[0][0] <= now):
-                _, _, pending = heapq.heappop(heap)
-                if not pending.event.is_set():
-                    self._on_expired(pending)
-
-
 class _Conn:
     """One live connection of the client and what is in flight on it."""
 
     def __init__(self, framed: FramedConnection, conn_id: str) -> None:
         self.framed = framed
         self.conn_id = conn_id
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[str, Pending] = {}
         self.streams: dict[str, IpcStream] = {}
         self.drop_reason: str | None = None
 
@@ -237,7 +180,7 @@ class SocketClient:
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._exit_stack: AsyncExitStack | None = None
-        self._deadlines = _Deadlines(self._expire)
+        self._deadlines = Deadlines(self._expire)
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
         self._stats = {
@@ -601,7 +544,7 @@ class SocketClient:
                 self._stats["timeouts"] += 1
                 raise RequestTimeout(method, math.inf if timeout is None else timeout)
         id = f"{self._id_prefix}-{next(self._ids)}"
-        pending = conn.pending[id] = _Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
+        pending = conn.pending[id] = Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
         framed = conn.framed
         try:
             await framed.send_frame(
@@ -632,7 +575,7 @@ class SocketClient:
             raise pending.error
         return pending.value
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: Pending) -> None:
         conn = pending.conn
         if conn.pending.pop(pending.id, None) is not None and self._nursery is not None:
             self._nursery.start_soon(self._send_cancel, conn, pending.id)
@@ -700,98 +643,6 @@ class SocketClient:
             "messages_received": received,
             **self._stats,
         }
-
-
-class IpcStream:
-    """Consumer side of :meth:`SocketClient.stream`: an async context manager and iterator."""
-
-    def __init__(self, client: SocketClient, method: str, data: Any) -> None:
-        self._client = client
-        self.method = method
-        self._data = data
-        self._window = client.stream_window
-        self._send, self._receive = trio.open_memory_channel[Any](self._window)
-        self._conn: _Conn | None = None
-        self._id = ""
-        self._error: BaseException | None = None
-        self._done = False
-        self._consumed = 0
-
-    # Called by the client's reader task.
-    def _deliver(self, item: Any) -> bool:
-        try:
-            self._send.send_nowait(item)
-            return True
-        except trio.WouldBlock:
-            self._finish(RemoteError(self.method, "protocol", f"server sent more than the {self._window}-item window"))
-        except trio.ClosedResourceError:
-            pass
-        return False
-
-    def _finish(self, error: BaseException | None) -> None:
-        if not self._done:
-            self._done = True
-            self._error = error
-            self._send.close()
-
-    async def __aenter__(self) -> IpcStream:
-        client = self._client
-        timeout = client.request_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            self._conn = await client._connection()
-        conn = self._conn
-        if conn is None:
-            raise RequestTimeout(self.method, math.inf if timeout is None else timeout)
-        self._id = client._new_id()
-        conn.streams[self._id] = self
-        request = Message.request(
-            self._id, "ipc.stream", {"method": self.method, "data": self._data, "window": self._window}
-        )
-        try:
-            await conn.framed.send(request)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.streams.pop(self._id, None)
-            raise ConnectionLost(str(client.address), self.method, self._id, conn.drop_reason or "closed") from None
-        except BaseException:
-            conn.streams.pop(self._id, None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> IpcStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._conn is None:
-            raise RuntimeError("use `async with client.stream(...) as items:`")
-        try:
-            item = await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error from None
-            raise StopAsyncIteration from None
-        self._consumed += 1
-        grant = max(1, self._window // 2)
-        if self._consumed >= grant and not self._done:
-            self._consumed = 0
-            try:
-                await self._conn.framed.send(Message.push("ipc.credit", {"id": self._id, "n": grant}))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the drop fails this stream through the reader
-        return item
-
-    async def aclose(self) -> None:
-        """Stop consuming; the server's handler is cancelled if it is still running."""
-        conn = self._conn
-        if conn is not None and not self._done:
-            self._finish(None)
-            if conn.streams.pop(self._id, None) is not None:
-                with trio.CancelScope(shield=True):
-                    await self._client._send_cancel(conn, self._id)
-        self._receive.close()
 
 
 @asynccontextmanager
