@@ -31,8 +31,9 @@ import trio
 
 from switchyard.runtime import ActorError, ActorNotFound, ActorStopped, AskTimeout, MailboxFull
 from switchyard.runtime.ref import DEFAULT_ASK_TIMEOUT
-from switchyard.transports.ipc.client import IpcStream, SocketClient
+from switchyard.transports.ipc.client import SocketClient
 from switchyard.transports.ipc.errors import NotConnected, RemoteError, RequestTimeout
+from switchyard.transports.ipc.stream import IpcStream
 
 __all__ = ["ERROR_CODES", "RemoteActorRef", "RemoteReplyStream", "RemoteSystem", "open_remote_system"]
 
