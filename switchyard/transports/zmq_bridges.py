@@ -35,6 +35,7 @@ import trio
 import zmq
 
 from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
 
 __all__ = [
@@ -120,6 +121,17 @@ class HandlerTimeout(TimeoutError):
         super().__init__(f"request not handled within {seconds:g} s")
 
 
+class _ArrivalOrder:
+    """Requests of one identity: how many were read, how many have started."""
+
+    __slots__ = ("arrived", "started", "turn")
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.started = 0
+        self.turn = trio.lowlevel.ParkingLot()
+
+
 class PeerGone(ConnectionError):
     """The peer identity is no longer connected (ROUTER_MANDATORY said EHOSTUNREACH)."""
 
@@ -168,6 +180,8 @@ class _RouterServer:
         #: The reading role's hand-off and the adaptive policy (``runtime.inline``).
         self._role = ReadingRole(max(1, self.config.max_concurrent), self._read)
         self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
+        #: Every bad request and failed handler logs through this (no log storms).
+        self._bad = RateLimitedLog(self.log, what="failed or malformed requests")
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the resolved endpoint via ``task_status``, serve until drained."""
@@ -212,9 +226,10 @@ class _RouterServer:
                 # Handlers that mostly block (an ask, a batching model) get a task each
                 # straight away, so a whole burst reaches them in one scheduler pass;
                 # the others run inline.
-                if self._role.mostly_blocks and self._spawn(frames):
+                arrival = self._arrived(frames)
+                if self._role.mostly_blocks and self._spawn(frames, arrival):
                     pass
-                elif await self._dispatch(frames, True) or self._draining:
+                elif await self._dispatch(frames, True, arrival) or self._draining:
                     return  # handed off (another task reads now) or draining
                 served += 1
                 if served % 64 == 0:
@@ -251,24 +266,29 @@ class _RouterServer:
             return None, exc, handed_off
         return result, None, handed_off
 
-    def _spawn(self, frames: list[Any]) -> bool:
+    def _spawn(self, frames: list[Any], arrival: int) -> bool:
         """Serve ``frames`` in a task of its own if a slot is free; False if none is."""
         if not self._role.try_acquire():
             return False
         assert self._in_flight is not None
-        self._in_flight.start_soon(self._serve_detached, frames)
+        self._in_flight.start_soon(self._serve_detached, frames, arrival)
         return True
 
-    async def _serve_detached(self, frames: list[Any]) -> None:
+    async def _serve_detached(self, frames: list[Any], arrival: int) -> None:
         try:
-            await self._dispatch(frames, False)
+            await self._dispatch(frames, False, arrival)
         finally:
             self._role.release()
 
-    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
+    def _arrived(self, frames: list[Any]) -> int:
+        """Note a message as it is read; its arrival number goes to :meth:`_dispatch`."""
+        return 0
+
+    async def _dispatch(self, frames: list[Any], reading: bool, arrival: int) -> bool:
         """Serve one message; True if the reading role was handed to another task.
 
         ``reading``: called by the task holding the reading role (which may hand it on).
+        ``arrival``: what :meth:`_arrived` returned when the message was read.
         """
         raise NotImplementedError
 
@@ -321,7 +341,7 @@ class ReqRepServer(_RouterServer):
         self.multipart = multipart
         self.accept_dealer = accept_dealer
 
-    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
+    async def _dispatch(self, frames: list[Any], reading: bool, arrival: int) -> bool:
         _current_identity.set(_bytes(frames[0]))
         split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
         if split is not None:
@@ -331,7 +351,7 @@ class ReqRepServer(_RouterServer):
             envelope, body_frames = frames[:1], frames[1:]
         else:
             self.stats["malformed"] += 1
-            self.log.warning("dropped a message without a REQ envelope (%d frames)", len(frames))
+            self._bad("dropped a message without a REQ envelope (%d frames)", len(frames))
             return False
         self.stats["requests"] += 1
         body: Any = body_frames
@@ -351,7 +371,7 @@ class ReqRepServer(_RouterServer):
                 raise HandlerTimeout(timeout)
         except Exception as exc:
             self.stats["errors"] += 1
-            self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            self._bad("request failed: %s: %s", type(exc).__name__, exc, exc=exc)
             try:
                 reply = self.error_reply(exc, body)
             except Exception as inner:  # the client must still get a reply
@@ -392,6 +412,8 @@ class RouterStreamServer(_RouterServer):
         self.error_reply = error_reply
         self.multipart = multipart
         self._running: dict[bytes, trio.CancelScope] = {}
+        #: Per identity with requests read but not yet started: start them in arrival order.
+        self._order: dict[bytes, _ArrivalOrder] = {}
 
     def cancel(self, identity: bytes) -> bool:
         """Cancel the identity's running handler, if any; True if there was one."""
@@ -401,12 +423,36 @@ class RouterStreamServer(_RouterServer):
         scope.cancel()
         return True
 
-    async def _dispatch(self, frames: list[Any], reading: bool) -> bool:
+    def _arrived(self, frames: list[Any]) -> int:
+        identity = _bytes(frames[0])
+        order = self._order.get(identity)
+        if order is None:
+            order = self._order[identity] = _ArrivalOrder()
+        order.arrived += 1
+        return order.arrived
+
+    async def _take_turn(self, identity: bytes, arrival: int) -> None:
+        """Wait until every earlier request of ``identity`` has started its handler.
+
+        Tasks may start in any order (Trio does not promise FIFO scheduling), so
+        without this a stale request could start after, and supersede, a newer one.
+        """
+        order = self._order[identity]
+        while order.started != arrival - 1:
+            await order.turn.park()
+        order.started = arrival
+        if order.started == order.arrived:
+            del self._order[identity]  # nothing of this identity is waiting
+        else:
+            order.turn.unpark_all()
+
+    async def _dispatch(self, frames: list[Any], reading: bool, arrival: int) -> bool:
+        identity = _bytes(frames[0])
+        await self._take_turn(identity, arrival)
         if len(frames) < 2:
             self.stats["malformed"] += 1
-            self.log.warning("dropped a message with no body frame")
+            self._bad("dropped a message with no body frame")
             return False
-        identity = _bytes(frames[0])
         _current_identity.set(identity)
         rest = frames[1:]
         prefix: list[Frame] = [identity]
@@ -441,7 +487,7 @@ class RouterStreamServer(_RouterServer):
             self.log.info("client left mid-stream")
         except Exception as exc:
             self.stats["errors"] += 1
-            self.log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            self._bad("request failed: %s: %s", type(exc).__name__, exc, exc=exc)
             if self.error_reply is not None:
                 try:
                     await send(self.error_reply(exc, body))
