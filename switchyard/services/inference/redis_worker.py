@@ -33,9 +33,9 @@ from switchyard.services.inference.engine import EngineConfig, InferenceEngine
 from switchyard.services.inference.protocol import TaskReply, TaskRequest
 from switchyard.services.inference.redis_queue import QueueConfig, QueueWorker, open_redis, redis_url
 from switchyard.services.inference.redis_tasks import QueueTask
-from switchyard.services.inference.vad import TASK_TYPE, SileroVad, VadConfig, VadUnavailable
+from switchyard.services.inference.vad import VadConfig, VadUnavailable, register_vad
 
-__all__ = ["RedisQueueActor", "RedisQueueConfig", "register_vad", "serve_queue"]
+__all__ = ["RedisQueueActor", "RedisQueueConfig", "serve_queue"]
 
 log = logging.getLogger("switchyard.inference.redis")
 
@@ -72,19 +72,6 @@ class RedisQueueConfig(EngineConfig):
             max_input_bytes=self.max_input_bytes,
             channel=self.channel,
         )
-
-
-async def register_vad(engine: InferenceEngine, config: VadConfig) -> SileroVad:
-    """Load silero-vad (in a thread) and serve ``voice_activity_detection`` from ``engine``."""
-    vad = await trio.to_thread.run_sync(SileroVad, config)
-
-    async def detect(request: TaskRequest) -> dict[str, Any]:
-        return await trio.to_thread.run_sync(
-            vad.detect, request.input_data, dict(request.params), limiter=engine.limiter
-        )
-
-    engine.handlers[TASK_TYPE] = detect
-    return vad
 
 
 async def serve_queue(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -29,6 +29,7 @@ from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.runtime import Actor
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
+from switchyard.services.inference.extras import attach_extras
 from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
@@ -51,6 +52,13 @@ class InferenceConfig(EngineConfig):
     #: PUB endpoint for ``ai_events`` ("" = publish nothing).
     events_endpoint: str = "tcp://127.0.0.1:5556"
     events_topic: str = "ai_events"
+    #: Where ai_events go: "zmq" (PUB on events_endpoint), "redis" (channel events_topic
+    #: at redis_url) or "both" (switchyard.services.inference.redis_events).
+    events: Literal["zmq", "redis", "both"] = "zmq"
+    #: "" = $SWITCHYARD_REDIS_URL or redis://127.0.0.1:6379/0 (used only for Redis events).
+    redis_url: str = ""
+    #: Serve voice_activity_detection with silero-vad when it is installed.
+    vad_enabled: bool = True
     #: Bytes per request message; bigger ones get an error reply.
     max_message_size: int = 4 << 20
     #: Seconds a task may take before it gets an error reply (0 = no limit).
@@ -93,7 +101,7 @@ def failure_reply(message: str, frames: list[Any]) -> bytes:
 async def start_events(actor: Actor, config: Any) -> tuple[EventPublisher | None, str | None]:
     """Start ``actor``'s ``ai_events`` publisher from ``config.events_endpoint``/``events_topic``
     in its nursery; ``(None, None)`` when ``events_endpoint`` is empty."""
-    if not config.events_endpoint:
+    if not config.events_endpoint or getattr(config, "events", "zmq") == "redis":
         return None, None
     events = EventPublisher(config.events_endpoint, topic=config.events_topic.encode("utf-8"), logger=actor.log)
     return events, await actor.nursery.start(events.run)
@@ -148,6 +156,7 @@ class InferenceActor(Actor):
         self.engine = InferenceEngine(config, logger=self.log)
         await self.nursery.start(self.engine.run)
         self.events, self.events_endpoint = await start_events(self, config)
+        self.events = await attach_extras(self, config, self.events)
         self.failures = FailureLog(self.log)
         self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
         self.log.info(

@@ -29,14 +29,19 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+import trio
 
 from switchyard.services.inference.audio import AudioError, audio_params, decode_pcm, resample
 
-__all__ = ["TASK_TYPE", "SileroVad", "VadConfig", "VadUnavailable", "find_model"]
+if TYPE_CHECKING:
+    from switchyard.services.inference.engine import InferenceEngine
+    from switchyard.services.inference.protocol import TaskRequest
+
+__all__ = ["TASK_TYPE", "SileroVad", "VadConfig", "VadUnavailable", "find_model", "register_vad"]
 
 TASK_TYPE = "voice_activity_detection"
 RATE = 16_000
@@ -173,3 +178,16 @@ class SileroVad:
             "duration_ms": round(seconds * 1000),
             "confidence": max((s["probability"] for s in segments), default=0.0),
         }
+
+
+async def register_vad(engine: InferenceEngine, config: VadConfig) -> SileroVad:
+    """Load silero-vad (in a thread) and serve ``voice_activity_detection`` from ``engine``."""
+    vad = await trio.to_thread.run_sync(SileroVad, config)
+
+    async def detect(request: TaskRequest) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(
+            vad.detect, request.input_data, dict(request.params), limiter=engine.limiter
+        )
+
+    engine.handlers[TASK_TYPE] = detect
+    return vad
