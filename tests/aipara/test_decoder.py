@@ -175,3 +175,15 @@ def test_any_letters_never_crash_and_candidates_are_well_formed(text):
         assert letters.startswith(prefix)
         assert sentence.syllables[-1].startswith(letters[len(prefix) :])
     assert len(result.words) == len(set(result.words))
+
+
+@pytest.mark.parametrize("text", ["a" * 64, "e" * 64, "xian" * 16, "a'" * 32, "shi" * 21])
+def test_hostile_inputs_at_the_letter_limit_stay_bounded(decoder, text):
+    decoder.decode(text)  # warm
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        result = decoder.decode(text, 8)
+        took.append(time.perf_counter() - t0)
+    assert result.sentences and len(result.sentences) <= 8
+    assert sorted(took)[2] < 0.05, f"median of 5 decodes took {sorted(took)[2] * 1e3:.1f} ms"
