@@ -35,6 +35,7 @@ import trio
 
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.aipara.backends.base import BackendError, open_backend
 from switchyard.services.aipara.backends.local import LocalBackendConfig
 from switchyard.services.aipara.backends.openai import OpenAIBackendConfig
@@ -128,6 +129,7 @@ class AiStreamActor(Actor):
         self.stats = {"converts": 0, "superseded": 0, "timeouts": 0, "errors": 0, "chats": 0, "bad_requests": 0}
         self._converts: dict[bytes, trio.CancelScope] = {}
         self._recent: deque[str] = deque(maxlen=max(cfg.context_commits, 1))
+        self._bad = RateLimitedLog(self.log, what="bad requests")
         self.backend = await self.enter(
             open_backend(cfg.backend, local=cfg.local, openai=cfg.openai, context=self._context)
         )
@@ -163,7 +165,7 @@ class AiStreamActor(Actor):
         request = parse_ai_request(body, max_bytes=self.config.max_message_size)
         if isinstance(request, AiBadRequest):
             self.stats["bad_requests"] += 1
-            self.log.warning("bad request from %r: %s", identity, request.reason)
+            self._bad("bad request from %r: %s", identity, request.reason)
             await send(ai_error_reply(request))
         elif isinstance(request, ConvertRequest):
             await self._superseding_convert(identity, request, send)

@@ -38,6 +38,9 @@ import trio
 
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
+from switchyard.runtime.config import endpoint as config_endpoint
+from switchyard.runtime.config import positive
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.aipara.protocol import (
     COMMAND_KINDS,
     BadRequest,
@@ -76,9 +79,9 @@ EVENT_KINDS = {"commit": CommitEvent, "command": CommandEvent}
 class RimeStateConfig:
     """``[actor.config]`` of a ``rime_state`` actor."""
 
-    endpoint: str = "tcp://127.0.0.1:10086"
+    endpoint: str = attrs.field(default="tcp://127.0.0.1:10086", validator=config_endpoint)
     #: Largest request accepted, bytes; larger ones get an error reply.
-    max_message_size: int = 64 * 1024
+    max_message_size: int = attrs.field(default=64 * 1024, validator=positive)
     #: Clients remembered at once (least recently seen forgotten first).
     max_clients: int = 1024
     #: Commands waiting per client; queueing more is refused, not dropped.
@@ -158,6 +161,7 @@ class RimeStateActor(Actor):
         extra = await enable_curve(cfg.curve, self.nursery, default_domain=self.name)
         endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         # accept_dealer: newer aipara builds open this port from a DEALER ([identity, body]).
+        self._bad = RateLimitedLog(self.log, what="bad requests")
         self.server = ReqRepServer(
             endpoint,
             self._serve_request,
@@ -181,10 +185,10 @@ class RimeStateActor(Actor):
         self.stats["requests"] += 1
         if isinstance(request, BadRequest):
             self.stats["bad_requests"] += 1
-            self.log.warning("bad request from %s: %s", client, request.reason)
+            self._bad("bad request from %s: %s", client, request.reason)
         handled = self.book.handle(client, request, now=trio.current_time(), wall_ms=_now_ms())
         for victim in handled.evicted:
-            self.log.warning(
+            self._bad(
                 "client limit (%d) reached: forgot least recently seen client %s", self.config.max_clients, victim
             )
         self.stats["commands_delivered"] += handled.delivered

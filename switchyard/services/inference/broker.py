@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
+import logging
 import os
 import sys
 from functools import partial
@@ -37,8 +37,10 @@ import attrs
 import trio
 import zmq
 
+from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor
-from switchyard.services.inference.service import FailureLog, failure_reply, start_client_server, start_events
+from switchyard.runtime.ratelog import RateLimitedLog
+from switchyard.services.inference.service import failure_reply, start_client_server, start_events
 from switchyard.services.inference.worker import InferenceWorkerConfig
 from switchyard.services.inference.worker_protocol import (
     Bye,
@@ -132,7 +134,8 @@ class InferenceBrokerActor(Actor):
             "workers_lost": 0,
             "bad_worker_messages": 0,
         }
-        self.failures = FailureLog(self.log)
+        self.failures = RateLimitedLog(self.log, level=logging.INFO, what="failed tasks")
+        self._bad = RateLimitedLog(self.log, what="bad worker messages")
         options = SocketOptions(router_mandatory=True, linger_ms=0, sndhwm=100_000, rcvhwm=100_000)
         self._wsock: ZmqSocket = await self.enter(open_socket(zmq.ROUTER, bind=config.worker_endpoint, options=options))
         self.worker_endpoint = self._wsock.endpoints[0]
@@ -176,7 +179,7 @@ class InferenceBrokerActor(Actor):
         task.reply = reply
         task.done.set()
         if failed:
-            self.failures.failed(bytes(reply), "broker")
+            self.failures("task failed (broker): %s", bytes(reply)[:300].decode("utf-8", "replace"))
 
     # -- dispatch --------------------------------------------------------------------------
     def _pick(self) -> _Worker | None:
@@ -224,8 +227,7 @@ class InferenceBrokerActor(Actor):
             message = parse_from_worker(frames[1:])
         except WorkerProtocolError as exc:
             self.stats["bad_worker_messages"] += 1
-            if self.stats["bad_worker_messages"] <= 10:
-                self.log.warning("ignored a bad message from %r: %s", identity, exc)
+            self._bad("ignored a bad message from %r: %s", identity, exc)
             return
         now = trio.current_time()
         worker = self._workers.get(identity)
@@ -331,7 +333,7 @@ class InferenceBrokerActor(Actor):
             "--parent-pid",
             str(os.getpid()),
         ]
-        return command, json.dumps(attrs.asdict(worker)).encode(), prefix
+        return command, json_codec.encode(attrs.asdict(worker)), prefix
 
     async def _keep_worker_process(self, index: int) -> None:
         for generation in itertools.count(1):

@@ -20,13 +20,13 @@ one at a time, so no batching across asks), ``await ref.ask("status")`` the coun
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Literal
 
 import attrs
 
 from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.runtime import Actor
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
 from switchyard.services.inference.extras import attach_extras
@@ -34,7 +34,6 @@ from switchyard.services.inference.protocol import TaskReply, TaskRequest, encod
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
 __all__ = [
-    "FailureLog",
     "InferenceActor",
     "InferenceConfig",
     "error_reply_for",
@@ -121,30 +120,6 @@ async def start_client_server(actor: Actor, config: Any, handler: Any) -> tuple[
     return server, await actor.nursery.start(server.serve)
 
 
-class FailureLog:
-    """Logs failed tasks at INFO, at most ``per_second`` lines a second (bad input is
-    logged, but a flood of it cannot flood the log)."""
-
-    def __init__(self, log: logging.Logger, per_second: int = 10) -> None:
-        self.log = log
-        self.per_second = per_second
-        self._window = 0.0
-        self._count = 0
-        self._suppressed = 0
-
-    def failed(self, reply_body: bytes, describe: str) -> None:
-        now = time.monotonic()
-        if now - self._window >= 1.0:
-            if self._suppressed:
-                self.log.info("%d more failed tasks not logged", self._suppressed)
-            self._window, self._count, self._suppressed = now, 0, 0
-        if self._count < self.per_second:
-            self._count += 1
-            self.log.info("task failed (%s): %s", describe, reply_body[:300].decode("utf-8", "replace"))
-        else:
-            self._suppressed += 1
-
-
 class InferenceActor(Actor):
     """ONNX inference over ZeroMQ REQ/REP (Go JSON tasks, binary tensors), batching, ai_events."""
 
@@ -157,7 +132,7 @@ class InferenceActor(Actor):
         await self.nursery.start(self.engine.run)
         self.events, self.events_endpoint = await start_events(self, config)
         self.events = await attach_extras(self, config, self.events)
-        self.failures = FailureLog(self.log)
+        self.failures = RateLimitedLog(self.log, level=logging.INFO, what="failed tasks")
         self.server, self.endpoint = await start_client_server(self, config, self._serve_frames)
         self.log.info(
             "inference serving %s on %s (events on %s; task types: %s)",
@@ -173,7 +148,8 @@ class InferenceActor(Actor):
     async def _serve_frames(self, frames: list[Any]) -> bytes:
         served: Served = await self.engine.serve(frames)
         if not served.ok:
-            self.failures.failed(served.reply, "binary" if len(frames) == 2 else "json")
+            kind = "binary" if len(frames) == 2 else "json"
+            self.failures("task failed (%s): %s", kind, served.reply[:300].decode("utf-8", "replace"))
         if served.event is not None and self.events is not None:
             self.events.publish(served.event)
         return served.reply

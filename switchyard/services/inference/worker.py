@@ -18,7 +18,6 @@ let a broker spawn local ones; the process entry point is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -32,7 +31,9 @@ import attrs
 import trio
 import zmq
 
+from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor
+from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine
 from switchyard.services.inference.protocol import encode_event
 from switchyard.services.inference.worker_protocol import (
@@ -84,7 +85,7 @@ class InferenceWorkerActor(Actor):
         self._idle = trio.Event()
         self._idle.set()
         self._sock: ZmqSocket | None = None
-        self._connected = trio.Event()
+        self._bad = RateLimitedLog(self.log, what="bad broker messages")
         self.nursery.start_soon(self._stay_connected)
 
     async def on_stop(self) -> None:
@@ -162,7 +163,7 @@ class InferenceWorkerActor(Actor):
         try:
             message = parse_from_broker(frames)
         except WorkerProtocolError as exc:
-            self.log.warning("ignored a bad message from the broker: %s", exc)
+            self._bad("ignored a bad message from the broker: %s", exc)
             return
         if isinstance(message, Heartbeat):
             return
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
-        config = build_config(InferenceWorkerConfig, json.loads(text), where=f"worker {args.name!r}")
+        config = build_config(InferenceWorkerConfig, json_codec.decode(text.encode()), where=f"worker {args.name!r}")
     except (OSError, ValueError, ConfigError) as exc:
         print(f"inference_worker: {exc}", file=sys.stderr)
         return 2
