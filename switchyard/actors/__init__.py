@@ -6,6 +6,7 @@ runtime imports a module only when its kind is used.
 
 KINDS: dict[str, str] = {
     "echo": "switchyard.actors.echo:EchoActor",
+    "status": "switchyard.actors.status:StatusActor",
     "rime_state": "switchyard.services.aipara.rime_state:RimeStateActor",
     "ai_stream": "switchyard.services.aipara.ai_stream:AiStreamActor",
     "tensor_session": "switchyard.services.tensor.zmq_session:TensorSessionActor",

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest", nargs="?", help="path or shipped app name (default: the default app)")
     commands.add_parser("kinds", help="list the registered actor kinds")
     commands.add_parser("apps", help="list the shipped app manifests")
+    status = commands.add_parser("status", help="show a running app's actors (from its /health)")
+    status.add_argument("url", nargs="?", help="status URL or HOST:PORT (default: the default app's)")
+    status.add_argument("--json", action="store_true", help="print the /health JSON as is")
+    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the app (default 3)")
     return parser
 
 
@@ -120,6 +125,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return _kinds()
     if args.command == "apps":
         return _apps()
+    if args.command == "status":
+        from switchyard.runtime.status_client import show_status
+
+        return show_status(args.url, as_json=args.json, watch=args.watch, timeout=args.timeout)
     try:
         app = load_manifest(resolve_manifest(args.manifest))
     except ConfigError as exc:
@@ -189,19 +198,22 @@ async def run_until_signalled(app: AppSpec, grace_period: float | None = None) -
             nursery.start_soon(watch_signals)
             async with open_app(app, grace_period=grace_period) as system:
                 await start_app(system, app)
-                _banner(app)
+                status_url = await system.lookup(app.status.name).ask("url") if app.status else None
+                _banner(app, status_url)
                 log.info("app %r ready: %s", app.name, ", ".join(system.names()) or "(no actors)")
                 await stop.wait()
             nursery.cancel_scope.cancel()
     log.info("app %r stopped", app.name)
 
 
-def _banner(app: AppSpec) -> None:
+def _banner(app: AppSpec, status_url: str | None) -> None:
     width = max((len(actor.name) for actor in app.actors), default=0)
     lines = [f"switchyard: app {app.name!r} from {app.source}"]
     for actor in app.actors:
         where = ", ".join(actor_addresses(actor.config)) or "(no address)"
         lines.append(f"  {actor.name:<{width}}  {actor.kind:<16} {where}")
+    if status_url:
+        lines.append(f"status: {status_url} (health: {status_url}health, metrics: {status_url}metrics)")
     lines.append("stop with Ctrl-C or SIGTERM (a second signal cancels at once)")
     print("\n".join(lines), file=sys.stderr, flush=True)
 

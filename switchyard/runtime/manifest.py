@@ -48,6 +48,8 @@ from switchyard.runtime.system import System, open_system
 
 __all__ = [
     "DEFAULT_APP",
+    "DEFAULT_STATUS",
+    "STATUS_KIND",
     "ActorSpec",
     "AppSpec",
     "SupervisorSpec",
@@ -61,6 +63,10 @@ __all__ = [
 ]
 
 DEFAULT_APP = "default.toml"
+#: ``[app] status`` when a manifest does not say: loopback, any free port.
+DEFAULT_STATUS = "127.0.0.1:0"
+#: The kind (by name: the runtime imports no concrete actor) serving /health, /metrics and /.
+STATUS_KIND = "status"
 
 
 @attrs.frozen
@@ -68,6 +74,7 @@ class _AppTable:
     name: str
     grace_period: float = attrs.field(default=5.0, validator=non_negative)
     description: str = ""
+    status: bool | str | dict[str, Any] = DEFAULT_STATUS
 
 
 @attrs.frozen
@@ -136,6 +143,8 @@ class AppSpec:
     supervisors: tuple[SupervisorSpec, ...]
     actors: tuple[ActorSpec, ...]
     description: str = ""
+    #: The status actor (``[app] status``), started after the others; ``None`` when off.
+    status: ActorSpec | None = None
 
 
 def shipped_apps() -> dict[str, Path]:
@@ -238,6 +247,33 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
         supervisors=tuple(nested),
         actors=tuple(actors),
         description=table.app.description,
+        status=_status_spec(table.app.status, {a.name for a in actors}, f"{source}: [app] status"),
+    )
+
+
+def _status_spec(value: bool | str | dict[str, Any], taken: set[str], where: str) -> ActorSpec | None:
+    if value is False or value == "":
+        return None
+    if value is True:
+        value = DEFAULT_STATUS
+    if isinstance(value, str):
+        host, sep, number = value.rpartition(":")
+        if not sep or not host or not number.isdigit():
+            raise ConfigError(f"{where}: must be HOST:PORT like 127.0.0.1:8090, a table or false, got {value!r}")
+        value = {"host": host.strip("[]"), "port": int(number)}
+    try:
+        actor_class = resolve_kind(STATUS_KIND)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    name = "status" if "status" not in taken else "_status"
+    return ActorSpec(
+        name=name,
+        kind=STATUS_KIND,
+        actor_class=actor_class,
+        config=build_config(actor_class.Config, value, where=where),
+        restart=Restart.PERMANENT,
+        mailbox_capacity=None,
+        supervisor=None,
     )
 
 
@@ -255,7 +291,7 @@ async def start_app(system: System, app: AppSpec) -> None:
             restart=sup.restart,
             supervisor=sup.parent,
         )
-    for actor in app.actors:
+    for actor in (*app.actors, *([app.status] if app.status is not None else [])):
         supervisor = None if actor.supervisor in (None, app.root.name) else actor.supervisor
         try:
             await system.spawn(

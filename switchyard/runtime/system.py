@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from switchyard.runtime.actor import Actor, ActorSlot
 from switchyard.runtime.config import build_config
 from switchyard.runtime.errors import ActorNotFound, ConfigError
 from switchyard.runtime.ref import ActorRef
-from switchyard.runtime.stats import ActorStats
+from switchyard.runtime.stats import ActorStats, Metrics
 from switchyard.runtime.supervisor import DEFAULT_POLICY, Restart, Strategy, Supervisor
 
 __all__ = ["System", "current_system", "open_system"]
@@ -56,6 +57,10 @@ class System:
         self._supervisors: dict[str, Supervisor] = {name: self.root}
         self._shutdown_started = False
         self.stopping = trio.Event()
+        #: Wall-clock start (``time.time()``), for uptime.
+        self.started_at = time.time()
+        #: Prometheus metrics; bridges call ``system.metrics.observe_request(actor, bridge, seconds)``.
+        self.metrics = Metrics(self.stats)
 
     # -- registry ---------------------------------------------------------------
     def lookup(self, name: str) -> ActorRef:
