@@ -36,6 +36,7 @@ from switchyard.services.aipara.protocol import (
     SetOption,
     SetProperty,
 )
+from switchyard.testing.hostile_json import with_extreme_field
 
 __all__ = [
     "AI_TIMEOUT_MS",
@@ -51,6 +52,8 @@ __all__ = [
     "commit_dicts",
     "configure_like_cpp_client",
     "convert_dicts",
+    "extreme_ai_bodies",
+    "extreme_rime_bodies",
     "hostile_bodies",
     "json_values",
     "outbox_commands",
@@ -354,8 +357,20 @@ def hostile_bodies() -> st.SearchStrategy[bytes]:
         good.map(lambda b: b[: max(0, len(b) // 2)]),
         st.builds(lambda k: json_codec.encode({"messege_type": k}), json_values(2)),
         _mutated(rime_request_dicts() | ai_request_dicts()),
+        extreme_rime_bodies(),
+        extreme_ai_bodies(),
         good,
     )
+
+
+def extreme_rime_bodies() -> st.SearchStrategy[bytes]:
+    """Rime requests with a numeric field (or any field) holding an out-of-range value."""
+    return with_extreme_field(rime_request_dicts(), ("timestamp",)) | with_extreme_field(rime_request_dicts())
+
+
+def extreme_ai_bodies() -> st.SearchStrategy[bytes]:
+    """AI requests with ``timestamp``/``timeout`` (or any field) out of range."""
+    return with_extreme_field(ai_request_dicts(), ("timestamp", "timeout")) | with_extreme_field(ai_request_dicts())
 
 
 # ---------------------------------------------------------------------------

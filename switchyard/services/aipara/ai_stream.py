@@ -49,6 +49,7 @@ from switchyard.services.aipara.protocol import (
     chat_chunk,
     chat_error,
     parse_ai_request,
+    sniff_ai_kind,
 )
 from switchyard.services.aipara.rime_state import subscribe_events
 from switchyard.transports.zmq_bridges import EndpointConfig, PeerGone, RouterStreamServer
@@ -173,10 +174,14 @@ class AiStreamActor(Actor):
             await self._chat(request, send)
 
     def _error_reply(self, exc: BaseException, body: Any) -> bytes:
-        # Only reached for failures outside our handler (e.g. an oversized request).
+        # Only reached for failures outside our handler (e.g. an oversized request): the
+        # body is not parsed, so its kind is sniffed to answer in the shape it expects.
         reason = str(exc) if isinstance(exc, ValueError) else f"internal error: {type(exc).__name__}"
         self.stats["bad_requests"] += 1
-        return json_codec.encode(ai_error_reply(AiBadRequest(reason=reason)))
+        if isinstance(body, list) and len(body) == 1:  # the unparsed frame of an oversized request
+            body = getattr(body[0], "buffer", body[0])
+        kind = sniff_ai_kind(body) if isinstance(body, bytes | bytearray | memoryview) else None
+        return json_codec.encode(ai_error_reply(AiBadRequest(reason=reason, messege_type=kind)))
 
     async def _superseding_convert(self, identity: bytes, request: ConvertRequest, send: Send) -> None:
         previous = self._converts.get(identity)

@@ -28,6 +28,7 @@ Nothing here does I/O; every function is deterministic given its arguments.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "COMMAND_KINDS",
     "COMMAND_MESSEGE",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "MAX_WIRE_INT",
     "MESSEGE_TYPE",
     "AiBadRequest",
     "AiCandidate",
@@ -73,6 +75,7 @@ __all__ = [
     "parse_ai_request",
     "parse_rime_request",
     "response_name",
+    "sniff_ai_kind",
 ]
 
 MESSEGE_TYPE = "messege_type"  # sic: the peer's spelling is the wire format
@@ -160,14 +163,30 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _opt_timestamp(obj: Mapping[str, Any], key: str = "timestamp") -> int | None:
-    """Milliseconds since the epoch; Lua may send it as a float, so accept finite numbers."""
+#: Numbers the peers' C++ side can hold: a timestamp or timeout beyond a signed 64-bit
+#: integer is refused (also a float such as 1e300, and JSON's 1e400, which parses as inf).
+MAX_WIRE_INT = 2**63 - 1
+
+
+def _in_range_number(obj: Mapping[str, Any], key: str, unit: str) -> int | float | None:
+    """``obj[key]`` if it is a finite number within +-:data:`MAX_WIRE_INT`, None if absent."""
     value = obj.get(key)
     if value is None:
         return None
-    if not _is_number(value) or not math.isfinite(value):
-        raise _Invalid(f"'{key}' must be a number of milliseconds, got {json_type_name(value)}")
-    return int(value)
+    if not _is_number(value):
+        raise _Invalid(f"'{key}' must be a number of {unit}, got {json_type_name(value)}")
+    # Compare without converting: float(10**400) raises OverflowError.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(f"'{key}' must be a number of {unit}, got {value} (not finite)")
+    if not -MAX_WIRE_INT <= value <= MAX_WIRE_INT:
+        raise _Invalid(f"'{key}' is out of range: at most {MAX_WIRE_INT} {unit} in magnitude")
+    return value
+
+
+def _opt_timestamp(obj: Mapping[str, Any], key: str = "timestamp") -> int | None:
+    """Milliseconds since the epoch; Lua may send it as a float, so accept finite numbers."""
+    value = _in_range_number(obj, key, "milliseconds")
+    return None if value is None else int(value)
 
 
 # ---------------------------------------------------------------------------
@@ -350,6 +369,8 @@ def parse_rime_request(
         raise _Invalid(f"unknown {MESSEGE_TYPE} {kind!r}; expected one of: {', '.join(RIME_KINDS)}")
     except _Invalid as exc:
         return BadRequest(reason=str(exc), messege_type=kind)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a check we missed: still the peer's shape
+        return BadRequest(reason=f"invalid request: {type(exc).__name__}: {exc}", messege_type=kind)
 
 
 def response_name(request: RimeRequest) -> str:
@@ -436,12 +457,8 @@ AiRequest = ConvertRequest | ChatRequest | AiBadRequest
 
 
 def _parse_convert(obj: Mapping[str, Any]) -> ConvertRequest:
-    timeout_raw = obj.get("timeout")
-    timeout: float | None = None
-    if timeout_raw is not None:
-        if not _is_number(timeout_raw) or not math.isfinite(timeout_raw):
-            raise _Invalid(f"'timeout' must be a number of seconds, got {json_type_name(timeout_raw)}")
-        timeout = float(timeout_raw) if timeout_raw > 0 else None
+    timeout_raw = _in_range_number(obj, "timeout", "seconds")
+    timeout = float(timeout_raw) if timeout_raw is not None and timeout_raw > 0 else None
     cands_raw = obj.get("candidates_text")
     if cands_raw is None:
         candidates: tuple[str, ...] = ()
@@ -490,7 +507,12 @@ def parse_ai_request(body: bytes | bytearray | memoryview, *, max_bytes: int = D
             return _parse_chat(obj)
         raise _Invalid(f"unsupported {MESSEGE_TYPE} {kind!r}; this server handles: {', '.join(AI_KINDS)}")
     except _Invalid as exc:
-        return AiBadRequest(reason=str(exc), messege_type=kind, response_key=response_key)
+        reason = str(exc)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a check we missed: still the peer's shape
+        reason = f"invalid request: {type(exc).__name__}: {exc}"
+    if kind is None:  # not parsed far enough to know: answer in the shape the body names
+        kind = sniff_ai_kind(body)
+    return AiBadRequest(reason=reason, messege_type=kind, response_key=response_key)
 
 
 # ---------------------------------------------------------------------------
@@ -595,6 +617,16 @@ def chat_error(*, reason: str, response_key: str | None) -> dict[str, Any]:
     msg = chat_chunk(content="", response_key=response_key, is_final=True)
     msg.update({"error": reason, "error_msg": reason, "status": "error", "data": {"message": reason}})
     return msg
+
+
+_KIND_SNIFF = re.compile(rb'"messege_type"\s*:\s*"(convert|chat)"')
+
+
+def sniff_ai_kind(body: bytes | bytearray | memoryview, *, window: int = 64 * 1024) -> str | None:
+    """The request kind named in the first ``window`` bytes of a body too large (or too
+    broken) to parse, so even its error reply has the shape its kind expects."""
+    match = _KIND_SNIFF.search(bytes(body[:window]))
+    return match.group(1).decode() if match else None
 
 
 def ai_error_reply(bad: AiBadRequest) -> dict[str, Any]:
