@@ -5,6 +5,7 @@
 * :func:`task_replies` - any :class:`~switchyard.services.inference.protocol.TaskReply`.
 * :func:`input_specs` / :func:`spec_and_rows` - input encodings and matching bytes.
 * :func:`mutated_bodies` - near-valid requests with one field broken (for error paths).
+* :func:`extreme_request_bodies` - requests with one field out of any type's range.
 * :func:`digit_task` - a ready-made request for the bundled digits model.
 * :func:`req_roundtrips` - a blocking real-libzmq REQ client (run it in a thread).
 * :func:`bundled_digit_predictions` - what the bundled model says for each held-out row.
@@ -20,10 +21,12 @@ from hypothesis import strategies as st
 from switchyard.protocols.codec import json_codec
 from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_request
 from switchyard.services.inference.tensors import DTYPES, InputSpec
+from switchyard.testing.hostile_json import with_extreme_field
 
 __all__ = [
     "bundled_digit_predictions",
     "digit_task",
+    "extreme_request_bodies",
     "input_specs",
     "json_results",
     "mutated_bodies",
@@ -127,6 +130,13 @@ def mutated_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     field = draw(st.sampled_from(sorted(_BREAKAGES)))
     obj[field] = draw(st.sampled_from(_BREAKAGES[field]))
     return field, json_codec.encode(obj)
+
+
+def extreme_request_bodies() -> st.SearchStrategy[bytes]:
+    """Go-shaped requests with one field holding an out-of-range or wrong-typed value
+    (huge integers, 1e400, NaN, deep nesting; see ``switchyard.testing.hostile_json``)."""
+    valid = task_requests(max_input=32).map(lambda r: json_codec.decode(encode_request(r)))
+    return with_extreme_field(valid)
 
 
 def digit_task(
