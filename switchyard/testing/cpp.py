@@ -10,13 +10,14 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 _MISSING_HEADER_HINTS = ("zmq.hpp", "zmq.h:", "cannot find -lzmq")
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI must install it: see .ci/run)")
     pytest.skip(reason)
