@@ -221,3 +221,26 @@ def test_log_level_from_the_environment() -> None:
         [*CLI, "check", "ipc"], capture_output=True, text=True, timeout=60, env={**os.environ, "LOG_LEVEL": "ERROR"}
     )
     assert quiet.returncode == 0 and "WARNING" not in quiet.stderr
+
+
+def test_socketio_bind_failure_names_actor_and_address(tmp_path: Path) -> None:
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    manifest = tmp_path / "sio.toml"
+    manifest.write_text(
+        '[app]\nname = "r"\nstatus = false\n[[actor]]\nname = "socketio_bridge"\nkind = "socketio_bridge"\n'
+        f'[actor.config]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    try:
+        result = subprocess.run([*CLI, "run", str(manifest)], capture_output=True, text=True, timeout=60)
+    finally:
+        squatter.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"switchyard: actor 'socketio_bridge' cannot bind 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in result.stderr
