@@ -6,8 +6,9 @@ What a caller may rely on:
   or ``s16le``) into float32 in ``[-1, 1)``; an odd byte count, another format or an
   empty buffer is an :class:`AudioError` whose text is meant for the peer.
 * :func:`resample` maps any rate in ``[MIN_RATE, MAX_RATE]`` to another with linear
-  interpolation; when it lowers the rate it first averages over one output period
-  (a box low-pass), so a tone above the new Nyquist frequency is damped instead of
+  interpolation (an integer factor such as 48 kHz to 16 kHz: the mean of each block
+  of input samples, centred); when it lowers the rate it first averages over one
+  output period (a box low-pass), so a tone above the new Nyquist frequency is damped instead of
   folding into speech band at full strength. The output has
   ``round(len(x) * dst / src)`` samples.
 * :func:`audio_params` reads ``format`` and ``sample_rate`` from the task's string
@@ -62,11 +63,17 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
         return x
     if src_rate <= 0 or dst_rate <= 0:
         raise AudioError("sample rates must be positive")
+    n_out = round(x.size * dst_rate / src_rate)
+    if src_rate % dst_rate == 0:  # integer factor (48 kHz -> 16 kHz): centred block means, no interpolation
+        k = src_rate // dst_rate
+        off = (k - 1) // 2
+        need = n_out * k
+        xp = np.concatenate([np.repeat(x[:1], off), x, np.repeat(x[-1:], max(0, need - x.size - off))])
+        return xp[:need].reshape(n_out, k).mean(axis=1, dtype=np.float32)
     if src_rate > dst_rate:
         width = round(src_rate / dst_rate)
         if width > 1:
             kernel = np.full(width, 1.0 / width, dtype=np.float32)
             x = np.convolve(x, kernel, mode="same").astype(np.float32)
-    n_out = round(x.size * dst_rate / src_rate)
     positions = np.arange(n_out, dtype=np.float64) * (src_rate / dst_rate)
     return np.interp(positions, np.arange(x.size, dtype=np.float64), x).astype(np.float32)
