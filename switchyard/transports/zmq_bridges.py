@@ -39,6 +39,7 @@ from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
 
 __all__ = [
+    "DEFAULT_HARD_MESSAGE_SIZE",
     "EndpointConfig",
     "HandlerTimeout",
     "MalformedEnvelope",
@@ -62,13 +63,27 @@ def current_identity() -> bytes:
     return _current_identity.get()
 
 
+#: The hard message limit when none is configured: big enough that an honest peer's
+#: oversized request (a 100 MB inference task, a multi-MiB Rime frame) still gets its
+#: error reply, small enough that one message cannot take the server's memory.
+DEFAULT_HARD_MESSAGE_SIZE = 128 << 20
+
+
 @attrs.frozen
 class EndpointConfig:
     """Per-endpoint limits. Embed it in an actor's Config as a nested table.
 
-    ``max_message_size`` (bytes) is checked by the bridge, which answers an oversized
-    request with an error reply; libzmq's own hard limit (``MAXMSGSIZE``, which
-    disconnects silently) is set to ``hard_limit_factor`` times it as a last defence.
+    Two size limits, both in bytes:
+
+    * ``max_message_size`` (the soft limit) is checked by the bridge: a bigger request
+      still gets exactly one reply, the handler's ``error_reply`` for
+      :class:`MessageTooLarge`, and is never parsed.
+    * ``hard_message_size`` is libzmq's ``MAXMSGSIZE``: a peer sending a message above
+      it is *disconnected by libzmq* without any reply (a REQ client then times out and
+      reconnects). 0 means ``max(hard_limit_factor * max_message_size, DEFAULT_HARD_MESSAGE_SIZE)``
+      (128 MiB with the defaults). A message between the two limits is held in memory
+      once while it is answered.
+
     ``request_timeout`` (seconds, 0 = none) bounds each handler.
     """
 
@@ -78,6 +93,7 @@ class EndpointConfig:
     linger_ms: int = 0
     max_message_size: int = 1 << 20
     hard_limit_factor: int = 16
+    hard_message_size: int = 0
     request_timeout: float = 0.0
     max_concurrent: int = 1024
     socket_extra: dict[str, Any] = attrs.Factory(dict)
@@ -92,8 +108,17 @@ class EndpointConfig:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def hard_limit(self) -> int:
+        """The ``MAXMSGSIZE`` applied to the socket (-1: none, when there is no soft limit)."""
+        if self.hard_message_size > 0:
+            return max(self.hard_message_size, self.max_message_size)
+        if self.max_message_size <= 0:
+            return -1
+        return max(self.max_message_size * self.hard_limit_factor, DEFAULT_HARD_MESSAGE_SIZE)
+
     def socket_options(self, **overrides: Any) -> SocketOptions:
-        hard = self.max_message_size * self.hard_limit_factor if self.max_message_size > 0 else -1
+        hard = self.hard_limit
         fields: dict[str, Any] = dict(
             sndhwm=self.sndhwm,
             rcvhwm=self.rcvhwm,

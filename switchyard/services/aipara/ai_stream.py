@@ -73,6 +73,8 @@ class AiStreamConfig:
     max_timeout: float = 30.0
     chat_timeout: float = 120.0
     max_message_size: int = 64 * 1024
+    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
+    hard_message_size: int = 0
     max_concurrent: int = 256
     max_cloud_candidates: int = 20
     max_ai_candidates: int = 20

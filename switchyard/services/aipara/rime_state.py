@@ -82,6 +82,8 @@ class RimeStateConfig:
     endpoint: str = attrs.field(default="tcp://127.0.0.1:10086", validator=config_endpoint)
     #: Largest request accepted, bytes; larger ones get an error reply.
     max_message_size: int = attrs.field(default=64 * 1024, validator=positive)
+    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
+    hard_message_size: int = 0
     #: Clients remembered at once (least recently seen forgotten first).
     max_clients: int = 1024
     #: Commands waiting per client; queueing more is refused, not dropped.

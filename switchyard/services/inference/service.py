@@ -60,6 +60,8 @@ class InferenceConfig(EngineConfig):
     vad_enabled: bool = True
     #: Bytes per request message; bigger ones get an error reply.
     max_message_size: int = 4 << 20
+    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
+    hard_message_size: int = 0
     #: Seconds a task may take before it gets an error reply (0 = no limit).
     request_timeout: float = 30.0
     #: Requests served at once; more wait in the socket's queue.
