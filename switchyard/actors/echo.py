@@ -9,6 +9,7 @@ Inside the system the actor answers ``ask(message)`` with ``message`` unchanged.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import attrs
@@ -40,6 +41,7 @@ class EchoActor(Actor):
             logger=self.log,
         )
         self.endpoint = await self.nursery.start(self.server.serve)
+        self._observe = self.system.metrics.request_observer(self.name, "zmq_rep")
         self.log.info("echo/health serving on %s", self.endpoint)
 
     async def on_stop(self) -> None:
@@ -49,6 +51,13 @@ class EchoActor(Actor):
         return message
 
     async def _serve_request(self, body: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return self._reply(body)
+        finally:
+            self._observe(time.perf_counter() - started)
+
+    def _reply(self, body: bytes) -> bytes:
         request = json_codec.decode(body)
         if not isinstance(request, dict):
             raise ValueError("request must be a JSON object")

@@ -76,6 +76,11 @@ class Metrics:
         """Record one request served by ``actor`` over ``bridge`` (e.g. ``"zmq_rep"``) in ``seconds``."""
         self._latency.labels(actor=actor, bridge=bridge).observe(seconds)
 
+    def request_observer(self, actor: str, bridge: str) -> Callable[[float], None]:
+        """``observe(seconds)`` for one (actor, bridge) pair: the label lookup done once, for hot paths."""
+        observe: Callable[[float], None] = self._latency.labels(actor=actor, bridge=bridge).observe
+        return observe
+
     def render(self) -> bytes:
         """The Prometheus text exposition format (``text/plain; version=0.0.4``)."""
         from prometheus_client import generate_latest

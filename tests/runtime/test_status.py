@@ -85,6 +85,7 @@ def test_health_metrics_and_status_command(app: tuple[str, str]) -> None:
     assert 'switchyard_mailbox_capacity{actor="health"' in text
     assert 'switchyard_restarts_total{actor="health"' in text
     assert "switchyard_messages_handled_total" in text
+    assert 'switchyard_request_seconds_count{actor="health",bridge="zmq_rep"} 1.0' in text
     rows = subprocess.run([*CLI, "status", url], capture_output=True, text=True, timeout=30)
     assert rows.returncode == 0, rows.stderr
     table = rows.stdout.splitlines()
