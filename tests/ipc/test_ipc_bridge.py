@@ -142,7 +142,7 @@ def test_an_actor_in_another_process(tmp_path: Path) -> None:
     sock = tmp_path / "app.sock"
     manifest = tmp_path / "app.toml"
     manifest.write_text(
-        '[app]\nname = "ipc-peer"\ngrace_period = 2.0\n'
+        '[app]\nname = "ipc-peer"\ngrace_period = 2.0\nstatus = false\n'
         f'[[actor]]\nname = "echo"\nkind = "echo"\n[actor.config]\nendpoint = "{free_tcp_endpoint()}"\n'
         f'[[actor]]\nname = "ipc"\nkind = "ipc_server"\n[actor.config]\naddress = "{sock}"\naccount_id = "peer"\n'
     )
