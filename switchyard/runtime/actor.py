@@ -45,6 +45,8 @@ from switchyard.runtime.errors import ActorError, ActorStopped, Crash, single_ca
 from switchyard.runtime.ref import ActorRef
 from switchyard.runtime.stats import ActorCounters, ActorStats
 
+__all__ = ["Actor", "ActorSlot", "NoConfig"]
+
 if TYPE_CHECKING:
     from switchyard.runtime.system import System
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import trio
 
+__all__ = ["Envelope", "Kind"]
+
 
 class Kind(enum.Enum):
     TELL = "tell"

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "ActorError",
+    "ActorNotFound",
+    "ActorStartFailed",
+    "ActorStopped",
+    "AskTimeout",
+    "ConfigError",
+    "Crash",
+    "MailboxFull",
+    "SupervisorEscalation",
+    "SwitchyardError",
+    "describe_start_failure",
+    "single_cause",
+]
+
 
 def single_cause(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else ``exc``.

@@ -11,6 +11,8 @@ import trio
 from switchyard.runtime.envelope import Envelope, Kind
 from switchyard.runtime.errors import ActorStopped, AskTimeout, MailboxFull
 
+__all__ = ["DEFAULT_ASK_TIMEOUT", "ActorRef", "ReplyStream"]
+
 if TYPE_CHECKING:
     from switchyard.runtime.actor import ActorSlot
 

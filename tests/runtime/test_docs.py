@@ -1,7 +1,8 @@
 """Docs that run: every fenced python block in README.md and docs/*.md runs, every TOML block checks.
 
 A block that is deliberately incomplete is marked with ``<!-- fragment -->`` on the
-line before its fence; those are skipped, and they must stay a minority.
+line before its fence; those are skipped, and they must stay a minority. A TOML
+block of ``[[actor]]`` tables without ``[app]`` is checked inside a minimal app.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 def test_toml_block_checks(block: Block, tmp_path: Path) -> None:
     if block.fragment:
         pytest.skip("marked as a fragment")
+    code = block.code
+    if "[app]" not in code and "[[actor]]" in code:
+        # an [[actor]] excerpt: checked inside the smallest app around it
+        code = '[app]\nname = "docs"\nstatus = false\n' + code
     manifest = tmp_path / "block.toml"
-    manifest.write_text(block.code, encoding="utf-8")
+    manifest.write_text(code, encoding="utf-8")
     result = subprocess.run([*CLI, "check", str(manifest)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, f"{block.id}: {result.stderr.strip()}"
