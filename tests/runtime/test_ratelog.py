@@ -26,7 +26,13 @@ def test_a_flood_is_cut_to_the_burst_and_summarised(caplog: pytest.LogCaptureFix
         clock.now = 1.5
         log("next window")
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["bad frame 0", "bad frame 1", "bad frame 2", "997 more bad frames suppressed in the last 1 s", "next window"]
+    assert messages == [
+        "bad frame 0",
+        "bad frame 1",
+        "bad frame 2",
+        "997 more bad frames suppressed in the last 1 s",
+        "next window",
+    ]
     assert log.total_suppressed == 997
 
 
