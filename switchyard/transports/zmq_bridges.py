@@ -45,6 +45,7 @@ __all__ = [
     "MalformedEnvelope",
     "MessageTooLarge",
     "PeerGone",
+    "PeerStuck",
     "ReqRepServer",
     "RouterStreamServer",
     "current_identity",
@@ -85,6 +86,11 @@ class EndpointConfig:
       once while it is answered.
 
     ``request_timeout`` (seconds, 0 = none) bounds each handler.
+
+    Memory per peer that does not read is bounded by libzmq: at most ``sndhwm`` reply
+    messages wait in its queue (plus the kernel's socket buffers); a reply that finds
+    the queue full waits up to ``send_timeout`` and is then dropped (counted in
+    ``stats["send_timeouts"]``). Other peers' replies never wait behind it.
     """
 
     endpoint: str
@@ -95,6 +101,9 @@ class EndpointConfig:
     hard_limit_factor: int = 16
     hard_message_size: int = 0
     request_timeout: float = 0.0
+    #: Seconds a reply may wait for room in its peer's queue (SNDHWM messages) before
+    #: it is dropped and the handler gets :class:`PeerStuck`.
+    send_timeout: float = 5.0
     max_concurrent: int = 1024
     socket_extra: dict[str, Any] = attrs.Factory(dict)
 
@@ -161,6 +170,16 @@ class PeerGone(ConnectionError):
     """The peer identity is no longer connected (ROUTER_MANDATORY said EHOSTUNREACH)."""
 
 
+class PeerStuck(PeerGone):
+    """The peer has not read its replies: its queue stayed full for ``send_timeout``.
+
+    A :class:`PeerGone`, so a stream to it ends like a stream to a peer that left.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"peer read nothing for {seconds:g} s with its queue full; reply dropped")
+
+
 ReqHandler = Callable[[Any], Awaitable[Frame | Sequence[Frame]]]
 ErrorReply = Callable[[BaseException, Any], Frame | Sequence[Frame]]
 Send = Callable[[Frame | Sequence[Frame]], Awaitable[None]]
@@ -204,7 +223,7 @@ class _RouterServer:
         self._finished = trio.Event()
         #: The reading role's hand-off and the adaptive policy (``runtime.inline``).
         self._role = ReadingRole(max(1, self.config.max_concurrent), self._read)
-        self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0}
+        self.stats = {"requests": 0, "errors": 0, "too_large": 0, "malformed": 0, "send_timeouts": 0}
         #: Every bad request and failed handler logs through this (no log storms).
         self._bad = RateLimitedLog(self.log, what="failed or malformed requests")
 
@@ -321,13 +340,46 @@ class _RouterServer:
         sock = self._socket
         if sock is None:
             raise trio.ClosedResourceError("server is not running")
+        # Never wait on the socket itself: a ROUTER send waits only for *this* peer's
+        # queue (SNDHWM messages), and holding the socket's send turn meanwhile would
+        # stall every other client's replies behind one that does not read.
+        delay = 0.0005
+        deadline: float | None = None
+        while not self._try_send(sock, frames):
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + self.config.send_timeout
+            elif now >= deadline:
+                self.stats["send_timeouts"] += 1
+                raise PeerStuck(self.config.send_timeout)
+            await trio.sleep(min(delay, max(deadline - now, 0.0)))
+            delay = min(delay * 2, 0.05)
+
+    @staticmethod
+    def _try_send(sock: ZmqSocket, frames: list[Frame]) -> bool:
         try:
-            if not sock.try_send_multipart(frames):
-                await sock.send_multipart(frames)
+            return sock.try_send_multipart(frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise PeerGone("peer is no longer connected") from None
             raise
+
+    async def _send_after_handler(self, frames: list[Frame], reading: bool) -> bool:
+        """Send a reply from :meth:`_dispatch`; True if the reading role was handed on.
+
+        A reply that must wait for room (its peer is not reading) first hands the
+        reading role to a new task, so other peers' requests are still read.
+        """
+        sock = self._socket
+        if sock is not None and self._try_send(sock, frames):
+            return False
+        handed_off = reading and self._role.hand_off()
+        try:
+            await self._send(frames)
+        finally:
+            if handed_off:
+                self._role.release()
+        return handed_off
 
     def _check_size(self, body: Sequence[Any]) -> None:
         limit = self.config.max_message_size
@@ -403,9 +455,12 @@ class ReqRepServer(_RouterServer):
                 self.log.error("error_reply raised %r; sending a plain-text error", inner)
                 reply = f"error: {type(exc).__name__}: {exc}".encode()
         try:
-            await self._send([*envelope, *_as_frames(reply)])
+            handed_off = (
+                await self._send_after_handler([*envelope, *_as_frames(reply)], reading and not handed_off)
+                or handed_off
+            )
         except PeerGone:
-            self.log.info("client left before its reply was sent")
+            self._bad("client left or stopped reading before its reply was sent")
         return handed_off
 
 
@@ -509,15 +564,16 @@ class RouterStreamServer(_RouterServer):
             if scope.cancelled_caught and timeout > 0 and trio.current_time() >= scope.deadline:
                 raise HandlerTimeout(timeout)
         except PeerGone:
-            self.log.info("client left mid-stream")
+            self._bad("client left or stopped reading mid-stream")
         except Exception as exc:
             self.stats["errors"] += 1
             self._bad("request failed: %s: %s", type(exc).__name__, exc, exc=exc)
             if self.error_reply is not None:
                 try:
-                    await send(self.error_reply(exc, body))
+                    reply = [*prefix, *_as_frames(self.error_reply(exc, body))]
+                    handed_off = await self._send_after_handler(reply, reading and not handed_off) or handed_off
                 except Exception as inner:
-                    self.log.warning("could not send the error reply: %r", inner)
+                    self._bad("could not send the error reply: %r", inner)
         finally:
             if self._running.get(identity) is scope:
                 del self._running[identity]
