@@ -80,11 +80,11 @@ async def flush(url: str) -> None:
         await client.flushdb()
 
 
-async def throughput(url: str, workers: int) -> float:
+async def throughput(url: str, workers: int, concurrency: int = 1) -> float:
     """Tasks/s for one batch of digit tasks, after a warm-up, with ``workers`` processes."""
     await flush(url)
     counter = Counter()
-    cfg = RedisQueueConfig(redis_url=url, workers=workers, threads=1, vad_enabled=False)
+    cfg = RedisQueueConfig(redis_url=url, workers=workers, threads=1, vad_enabled=False, concurrency=concurrency)
     async with trio.open_nursery() as outer:
         await outer.start(counter.run, url)
         async with open_system("bench-queue") as system:
@@ -171,9 +171,9 @@ def vad_rtf() -> tuple[float, float]:
     return median(ours), median(direct)
 
 
-async def queue_benches() -> tuple[dict[int, float], dict[str, Any]]:
+async def queue_benches() -> tuple[dict[tuple[int, int], float], dict[str, Any]]:
     async with local_redis() as url:
-        rates = {w: median([await throughput(url, w) for _ in range(RUNS)]) for w in (1, 2)}
+        rates = {(w, c): median([await throughput(url, w, c) for _ in range(RUNS)]) for c in (1, 4) for w in (1, 2)}
         killed = await kill_run(url)
     return rates, killed
 
@@ -182,13 +182,18 @@ def main() -> int:
     rates, killed = trio.run(queue_benches)
     ours, direct = vad_rtf()
     rows = [
-        ["1 worker process", fmt(rates[1]), ratio(rates[1], rates[1])],
-        ["2 worker processes", fmt(rates[2]), ratio(rates[2], rates[1])],
+        [
+            f"{w} worker process{'es' if w > 1 else ''}, concurrency {c}",
+            fmt(rates[w, c]),
+            ratio(rates[w, c], rates[1, c]),
+        ]
+        for c in (1, 4)
+        for w in (1, 2)
     ]
     body = "\n\n".join(
         [
             f"Digit tasks ({THROUGHPUT_TASKS} per run, median of {RUNS}), pushed at once, timed to the last "
-            "`ai_events` message:\n\n" + table(["workers", "tasks/s", "vs 1 worker"], rows),
+            "`ai_events` message:\n\n" + table(["workers", "tasks/s", "vs 1 worker, same concurrency"], rows),
             f"Two workers on {KILL_TASKS} VAD tasks (5 s audio each), one SIGKILLed after 30 events "
             f"(visibility_timeout 2 s):\n\n"
             + table(
