@@ -322,3 +322,15 @@ async def test_worker_killed_mid_run_every_task_completed_exactly_once(redis_url
     high = [i for i, t in enumerate(ids) if int(t[1:]) % 2 == 0]
     low = [i for i, t in enumerate(ids) if int(t[1:]) % 2 == 1]
     assert sum(high) < sum(low)  # high tasks were served first (a reaped low one may come early)
+
+
+async def test_input_over_max_input_bytes_is_dead_lettered(redis_url: str) -> None:
+    huge = json.dumps({"id": "h1", "type": "ai.digit_recognition", "payload": {"input_data": "A" * 4000}}).encode()
+    async with subscribed(redis_url) as events, trio.open_nursery() as nursery:
+        await push(redis_url, "low_queue", huge, digit_task(2, "low"))
+        await nursery.start(serve_queue, config(redis_url, max_input_bytes=100))
+        got = await events.wait_for(2, 30)
+        nursery.cancel_scope.cancel()
+    assert sorted(e["type"] for e in got) == ["digit_recognition.completed", "digit_recognition.failed"]
+    (dead,) = await dead_letters(redis_url)
+    assert "max_input_bytes" in dead["error"] and dead["task"]["id"] == "h1"
