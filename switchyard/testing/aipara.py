@@ -414,8 +414,14 @@ async def serve_fake_completions(script: Callable[[dict[str, Any]], FakeReply]) 
 
     ``script(request_json)`` decides each reply. One request per connection.
     """
+    server: FakeCompletions | None = None
+
+    async def serve(stream: trio.SocketStream) -> None:
+        assert server is not None  # set before the first connection can be accepted
+        await _serve_one(stream, script, server)
+
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(trio.serve_tcp, lambda stream: _serve_one(stream, script, server), 0)
+        listeners = await nursery.start(trio.serve_tcp, serve, 0)
         port = listeners[0].socket.getsockname()[1]
         server = FakeCompletions(base_url=f"http://127.0.0.1:{port}/v1")
         try:

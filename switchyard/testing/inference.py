@@ -113,7 +113,7 @@ def spec_and_rows(draw: st.DrawFn, max_rows: int = 4) -> tuple[InputSpec, int, b
     return spec, rows, np.asarray(values, dtype=dtype).tobytes()
 
 
-_BREAKAGES = {
+_BREAKAGES: dict[str, list[Any]] = {
     "task_id": [None, 5, [], {"a": 1}, "x" * 1025],
     "task_type": [None, "", 3, ["digit_recognition"]],
     "model_path": [7, {"p": 1}, True],
@@ -164,7 +164,7 @@ def req_roundtrips(endpoint: str, requests: list[Any], *, timeout: float = 10.0)
     socket in lockstep and return each reply's frames. Run it in ``trio.to_thread``."""
     import zmq
 
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
     sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))

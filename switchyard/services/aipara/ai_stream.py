@@ -51,6 +51,7 @@ from switchyard.services.aipara.protocol import (
     parse_ai_request,
     sniff_ai_kind,
 )
+from switchyard.services.aipara.rime_book import CommitEvent
 from switchyard.services.aipara.rime_state import subscribe_events
 from switchyard.transports.zmq_bridges import EndpointConfig, PeerGone, RouterStreamServer
 from switchyard.transports.zmq_curve import CurveConfig, enable_curve
@@ -272,7 +273,7 @@ class AiStreamActor(Actor):
                         self.log.info("following commits of %r for prompt context", actor_name)
                         announced = True
                     async for event in events:
-                        if event.text:
+                        if isinstance(event, CommitEvent) and event.text:
                             self._recent.append(event.text)
             except (ActorNotFound, ActorStopped, ActorError, AskTimeout) as exc:
                 if not announced:

@@ -738,8 +738,7 @@ class Ping:
 OutboxCommand = SetOption | SetProperty | SetConfig | ClipboardData | PasteExecuted | PasteFailed | Ping
 
 COMMAND_KINDS: dict[str, type] = {
-    cls.command: cls  # type: ignore[attr-defined]
-    for cls in (SetOption, SetProperty, SetConfig, ClipboardData, PasteExecuted, PasteFailed, Ping)
+    cls.command: cls for cls in (SetOption, SetProperty, SetConfig, ClipboardData, PasteExecuted, PasteFailed, Ping)
 }
 
 _COMMAND_TYPE = {

@@ -160,7 +160,7 @@ def encode_binary_request(
         header["model"] = model
     if params:
         header["params"] = dict(params)
-    return [msgpack_codec.encode(header), memoryview(array).cast("B")]
+    return [msgpack_codec.encode(header), memoryview(array.data).cast("B")]
 
 
 def encode_binary_reply(reply: TaskReply) -> bytes:
@@ -176,7 +176,8 @@ def parse_binary_reply(frame: bytes | bytearray | memoryview) -> TaskReply:
         raise TaskError(f"reply is not msgpack: {exc}") from None
     if not isinstance(obj, dict) or obj.get("status") not in ("success", "error"):
         raise TaskError("reply must be a map with status 'success' or 'error'")
-    task_id = obj.get("task_id") if isinstance(obj.get("task_id"), str) else ""
+    raw_id = obj.get("task_id")
+    task_id = raw_id if isinstance(raw_id, str) else ""
     result = obj.get("result") or {}
     error = obj.get("error") or ""
     latency = obj.get("latency", 0)

@@ -74,7 +74,7 @@ def parse_shape(value: str | Sequence[int]) -> tuple[int, ...]:
             raise TensorError(f"shape must be a list of integers, not {type(value).__name__}")
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
             raise TensorError(f"shape {list(value)!r} must hold integers only")
-        dims = tuple(value)
+        dims = tuple(int(d) for d in value)
     if not dims:
         raise TensorError("shape must have at least one dimension")
     if any(d <= 0 for d in dims):
@@ -137,7 +137,7 @@ class InputSpec:
         if not changes:
             return self
         try:
-            return attrs.evolve(self, **changes)
+            return attrs.evolve(self, **changes)  # type: ignore[arg-type]  # validated by InputSpec's own validators
         except TensorError as exc:
             raise TensorError(f"params: {exc}") from None
 
