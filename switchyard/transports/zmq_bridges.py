@@ -1,17 +1,23 @@
 """The generic ZeroMQ servers every service reuses.
 
-:class:`ReqRepServer` serves REQ clients from a ROUTER socket: each request is
-handled in its own task, so many REQ clients are served at once and one slow
-request holds up no other. Every request gets exactly one reply, even when the
-handler raises, times out or the request is too large (a REQ client without a reply
-is stuck until it reconnects): ``error_reply`` builds that reply in the peer's
+:class:`ReqRepServer` serves REQ clients from a ROUTER socket. A handler runs
+inline in the task that reads the socket; only if it blocks does reading pass to a
+new task (``switchyard.runtime.inline``), so many REQ clients are served at once and
+one slow request holds up no other. Every request gets exactly one reply, even when
+the handler raises, times out or the request is too large (a REQ client without a
+reply is stuck until it reconnects): ``error_reply`` builds that reply in the peer's
 format.
 
 :class:`RouterStreamServer` serves DEALER clients from a ROUTER socket: a handler
 may send any number of replies to the requesting identity, and with
 ``supersede=True`` a new request from an identity cancels that identity's running
 handler at once, so the old stream sends nothing more. ``ROUTER_MANDATORY`` is on,
-so a send to a vanished peer raises :class:`PeerGone` instead of vanishing.
+so a send to a vanished peer raises :class:`PeerGone` instead of vanishing. Requests
+of one identity start their handlers in the order they were read.
+
+A peer that does not read costs at most ``sndhwm`` queued replies; a reply that
+finds that queue full waits up to ``send_timeout`` and is then dropped
+(:class:`PeerStuck`), and no other peer's reply waits behind it.
 
 Both are used the same way from an actor::
 
@@ -55,11 +61,13 @@ _current_identity: contextvars.ContextVar[bytes] = contextvars.ContextVar("switc
 
 
 def current_identity() -> bytes:
-    """The ROUTER routing id of the peer whose request the calling task is handling.
+    """The ROUTER routing id of the peer whose request the calling handler is serving.
 
-    Each request is handled in its own task, so inside a bridge handler (and its
-    ``error_reply``) this names that request's client; per-client state keys on it.
-    Raises ``LookupError`` outside a handler.
+    The bridge sets it just before calling a handler, in the task that runs that
+    handler to its end (the reading task, which hands reading to a new task if the
+    handler blocks, or a task of the handler's own), so inside a handler and its
+    ``error_reply`` it names that request's client for the handler's whole run;
+    per-client state keys on it. Raises ``LookupError`` outside a handler.
     """
     return _current_identity.get()
 
