@@ -5,7 +5,8 @@ switchyard.services.inference.redis_worker``), each running a
 :class:`~switchyard.services.inference.redis_queue.QueueWorker` over its own
 :class:`~switchyard.services.inference.engine.InferenceEngine` (the manifest's ONNX
 models plus ``voice_activity_detection``). A process that exits is restarted after
-``restart_delay`` seconds; a process whose parent is gone stops. ``workers = 0`` runs
+``restart_delay`` seconds (doubling, up to 10 s, while it keeps exiting within 5 s of
+its start); a process whose parent is gone stops. ``workers = 0`` runs
 one worker inside the actor instead. Any number of ``switchyard run`` processes, on
 any hosts, pointed at the same Redis share the queues: Redis does all coordination.
 
@@ -31,7 +32,14 @@ import trio
 from switchyard.runtime import Actor
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine
 from switchyard.services.inference.protocol import TaskReply, TaskRequest
-from switchyard.services.inference.redis_queue import QueueConfig, QueueWorker, open_redis, redis_url
+from switchyard.services.inference.redis_queue import (
+    QUEUES,
+    QueueConfig,
+    QueueKeys,
+    QueueWorker,
+    open_redis,
+    redis_url,
+)
 from switchyard.services.inference.redis_tasks import QueueTask
 from switchyard.services.inference.vad import VadConfig, VadUnavailable, register_vad
 
@@ -56,6 +64,8 @@ class RedisQueueConfig(EngineConfig):
     reap_interval: float = 0.0
     dedup_ttl: int = 86_400
     channel: str = "ai_events"
+    #: The queues this worker takes from, highest priority first.
+    queues: list[str] = attrs.Factory(lambda: list(QUEUES))
     #: Serve ``voice_activity_detection`` (needs ``pip install --no-deps silero-vad``).
     vad_enabled: bool = True
     vad: VadConfig = attrs.Factory(VadConfig)
@@ -96,7 +106,8 @@ async def serve_queue(
 
         queue = config.queue_config()
         async with open_redis(queue.redis_url) as client:
-            worker = QueueWorker(client, run, known, queue, logger=log)
+            keys = QueueKeys(queues=tuple(config.queues), channel=queue.channel)
+            worker = QueueWorker(client, run, known, queue, keys=keys, logger=log)
             await nursery.start(worker.run)
             log.info("queue worker %d on %s serving %s", os.getpid(), queue.redis_url, ", ".join(known()))
             task_status.started(worker)
@@ -129,7 +140,9 @@ class RedisQueueActor(Actor):
             "--config-json", blob, "--parent-pid", str(os.getpid()), "--log-level",
             logging.getLevelName(self.log.getEffectiveLevel()),
         ]  # fmt: skip
+        delay = config.restart_delay
         while True:
+            started = trio.current_time()
             # Own session: a terminal's Ctrl-C reaches only this process, which stops its workers.
             process = await trio.lowlevel.open_process(command, start_new_session=True)
             self.pids[slot] = process.pid
@@ -145,8 +158,10 @@ class RedisQueueActor(Actor):
                         process.kill()
             self.pids.pop(slot, None)
             self.restarts += 1
-            self.log.warning("queue worker %d exited with %s; restarting in %gs", slot, code, config.restart_delay)
-            await trio.sleep(config.restart_delay)
+            # A worker that keeps dying at start (Redis unreachable, a broken install) backs off to 10 s.
+            delay = config.restart_delay if trio.current_time() - started > 5 else min(10.0, max(delay * 2, 0.1))
+            self.log.warning("queue worker %d exited with %s; restarting in %gs", slot, code, delay)
+            await trio.sleep(delay)
 
     async def handle(self, message: Any) -> Any:
         if message == "status":
