@@ -52,6 +52,7 @@ __all__ = [
     "commit_dicts",
     "configure_like_cpp_client",
     "convert_dicts",
+    "convert_message",
     "extreme_ai_bodies",
     "extreme_rime_bodies",
     "hostile_bodies",
@@ -319,6 +320,20 @@ def chat_dicts() -> st.SearchStrategy[dict[str, Any]]:
 
 def ai_request_dicts() -> st.SearchStrategy[dict[str, Any]]:
     return convert_dicts() | chat_dicts()
+
+
+def convert_message(pinyin: str, **extra: Any) -> dict[str, Any]:
+    """A streamed ``convert`` request as the C++ client sends it; ``extra`` overrides fields."""
+    return {
+        "messege_type": "convert",
+        "schema_name": "rime_ice",
+        "shuru_schema": "quanpin",
+        "confirmed_pos_input": pinyin,
+        "stream_mode": True,
+        "timestamp": 1,
+        "timeout": 5.0,
+        **extra,
+    }
 
 
 def outbox_commands() -> st.SearchStrategy[OutboxCommand]:

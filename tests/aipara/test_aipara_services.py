@@ -35,6 +35,7 @@ from switchyard.services.aipara.rime_state import (
 )
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.aipara import AiClient, FakeReply, RimeClient, hostile_bodies, serve_fake_completions
+from switchyard.testing.aipara import convert_message as convert
 
 STATE = {"messege_type": "state", "is_composing": True, "timestamp": 1, "switches_option": [], "properties": []}
 
@@ -316,19 +317,6 @@ async def start_ai(system, **config):
     endpoint = free_tcp_endpoint()
     ref = await system.spawn(AiStreamActor, name="ai_stream", config={"endpoint": endpoint, **config})
     return ref, endpoint
-
-
-def convert(pinyin: str, **extra) -> dict[str, Any]:
-    return {
-        "messege_type": "convert",
-        "schema_name": "rime_ice",
-        "shuru_schema": "quanpin",
-        "confirmed_pos_input": pinyin,
-        "stream_mode": True,
-        "timestamp": 1,
-        "timeout": 5.0,
-        **extra,
-    }
 
 
 def values(message: dict[str, Any], key: str) -> list[str]:

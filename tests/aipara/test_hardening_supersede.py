@@ -12,20 +12,9 @@ from switchyard.runtime import open_system
 from switchyard.services.aipara.ai_stream import AiStreamActor, ConvertText
 from switchyard.testing import free_tcp_endpoint
 from switchyard.testing.aipara import AiClient
+from switchyard.testing.aipara import convert_message as convert
 
 PINYIN = ["nihao", "xian", "shijie", "zhongguo", "women", "pengyou", "nihaoshijie", "a"]
-
-
-def convert(pinyin: str) -> dict[str, Any]:
-    return {
-        "messege_type": "convert",
-        "schema_name": "rime_ice",
-        "shuru_schema": "quanpin",
-        "confirmed_pos_input": pinyin,
-        "stream_mode": True,
-        "timestamp": 1,
-        "timeout": 5.0,
-    }
 
 
 def send_all_then_collect(client: AiClient, bodies: list[dict[str, Any]], gaps: list[float]) -> list[dict[str, Any]]:
