@@ -20,7 +20,9 @@ run by Redis, so each step is atomic across any number of workers on any hosts:
   that is not a task (not JSON, no or unknown type) goes there at once.
 * **reap**: every ``reap_interval`` seconds each worker returns entries older than
   ``visibility_timeout`` from ``processing_queue`` to the head of their queue (a worker
-  that died mid-task loses nothing). An entry reaped more than ``max_retries`` times
+  that died mid-task loses nothing). Each entry's ``processing_started`` value names
+  the worker that took it, so whoever sees a worker die (its parent actor) can return
+  that worker's entries at once (:meth:`QueueWorker.reap_owner`). An entry reaped more than ``max_retries`` times
   is dead-lettered instead (a task that kills its worker cannot loop forever).
 
 A task that runs longer than ``visibility_timeout`` is run again by another worker; its
@@ -57,6 +59,7 @@ __all__ = [
     "QueueKeys",
     "QueueWorker",
     "Runner",
+    "default_worker_id",
     "open_redis",
     "redis_url",
 ]
@@ -124,7 +127,7 @@ local n = #KEYS
 for i = 1, n - 2 do
   local v = redis.call('LMOVE', KEYS[i], KEYS[n - 1], 'RIGHT', 'LEFT')
   if v then
-    redis.call('HSET', KEYS[n], v, stamp .. '|' .. KEYS[i])
+    redis.call('HSET', KEYS[n], v, stamp .. '|' .. ARGV[1] .. '|' .. KEYS[i])
     return {v, KEYS[i]}
   end
 end
@@ -157,7 +160,9 @@ if removed > 0 then redis.call('LPUSH', KEYS[3], ARGV[2]) end
 return removed
 """
 
-# KEYS: processing, started, reaped, dead_letter; ARGV: timeout ms, max reaps
+# KEYS: processing, started, reaped, dead_letter; ARGV: timeout ms, max reaps, owner
+# (entries of that worker are returned whatever their age; '' = none).
+# processing_started values are "<start ms>|<worker id>|<queue>".
 _REAP = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -166,9 +171,11 @@ local moved = 0
 for i = 1, #entries, 2 do
   local raw, v = entries[i], entries[i + 1]
   local sep = string.find(v, '|', 1, true)
+  local sep2 = string.find(v, '|', sep + 1, true)
   local started = tonumber(string.sub(v, 1, sep - 1))
-  local queue = string.sub(v, sep + 1)
-  if started and ms - started >= tonumber(ARGV[1]) then
+  local owner = string.sub(v, sep + 1, sep2 - 1)
+  local queue = string.sub(v, sep2 + 1)
+  if started and (ms - started >= tonumber(ARGV[1]) or (ARGV[3] ~= '' and owner == ARGV[3])) then
     redis.call('HDEL', KEYS[2], raw)
     if redis.call('LREM', KEYS[1], 1, raw) > 0 then
       local count = redis.call('HINCRBY', KEYS[3], raw, 1)
@@ -187,6 +194,15 @@ return moved
 """
 
 
+def default_worker_id() -> str:
+    """``<host>:<pid>:<random>``: unique per worker, readable in ``processing_started``."""
+    import os
+    import secrets
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -202,6 +218,7 @@ class QueueWorker:
         config: QueueConfig | None = None,
         *,
         keys: QueueKeys | None = None,
+        worker_id: str = "",
         logger: logging.Logger | None = None,
     ) -> None:
         self.client = client
@@ -216,6 +233,8 @@ class QueueWorker:
         self._finish = client.register_script(_FINISH)
         self._retry = client.register_script(_RETRY)
         self._reap = client.register_script(_REAP)
+        #: Written next to each task it takes, so :meth:`reap_owner` can return them.
+        self.worker_id = (worker_id or default_worker_id()).replace("|", "_")
         self.stats = {"taken": 0, "completed": 0, "failed": 0, "retried": 0, "dead": 0, "duplicates": 0, "reaped": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -230,26 +249,33 @@ class QueueWorker:
     async def take(self) -> tuple[bytes, str] | None:
         """Move the next task onto processing_queue: ``(raw, source queue)`` or ``None``."""
         k = self.keys
-        got: Any = await self._take(keys=[*k.queues, k.processing, k.started])
+        got: Any = await self._take(keys=[*k.queues, k.processing, k.started], args=[self.worker_id])
         if not got:
             return None
         raw, queue = got
         return bytes(raw), _text(queue)
 
-    async def reap_once(self) -> int:
-        """Return timed-out tasks to their queues now; how many moved."""
+    async def reap_once(self, owner: str = "") -> int:
+        """Return timed-out tasks (and every task taken by worker ``owner``) to their queues now; how many moved."""
         k = self.keys
         timeout_ms = int(self.config.visibility_timeout * 1000)
         moved: Any = await self._reap(
-            keys=[k.processing, k.started, k.reaped, k.dead_letter], args=[timeout_ms, self.config.max_retries]
+            keys=[k.processing, k.started, k.reaped, k.dead_letter], args=[timeout_ms, self.config.max_retries, owner]
         )
         count = int(moved or 0)
         if count:
             self.stats["reaped"] += count
             self.log.warning(
-                "reaper returned %d task(s) older than %gs to their queues", count, self.config.visibility_timeout
+                "reaper returned %d task(s) to their queues (older than %gs, or %s)",
+                count,
+                self.config.visibility_timeout,
+                f"taken by {owner}" if owner else "none of a dead worker",
             )
         return count
+
+    async def reap_owner(self, owner: str) -> int:
+        """Return every task taken by worker ``owner`` (known to be dead) to its queue now."""
+        return await self.reap_once(owner.replace("|", "_"))
 
     async def process(self, raw: bytes, queue: str) -> None:
         """Run one taken task and finish, retry or dead-letter it."""

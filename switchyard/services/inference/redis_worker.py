@@ -22,11 +22,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
+import coredis
 import trio
 
 from switchyard.runtime import Actor
@@ -85,7 +88,10 @@ class RedisQueueConfig(EngineConfig):
 
 
 async def serve_queue(
-    config: RedisQueueConfig, *, task_status: trio.TaskStatus[QueueWorker] = trio.TASK_STATUS_IGNORED
+    config: RedisQueueConfig,
+    *,
+    worker_id: str = "",
+    task_status: trio.TaskStatus[QueueWorker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one queue worker (engine, VAD, Redis client) until cancelled."""
     engine = InferenceEngine(config, logger=log)
@@ -107,7 +113,7 @@ async def serve_queue(
         queue = config.queue_config()
         async with open_redis(queue.redis_url) as client:
             keys = QueueKeys(queues=tuple(config.queues), channel=queue.channel)
-            worker = QueueWorker(client, run, known, queue, keys=keys, logger=log)
+            worker = QueueWorker(client, run, known, queue, keys=keys, worker_id=worker_id, logger=log)
             await nursery.start(worker.run)
             log.info("queue worker %d on %s serving %s", os.getpid(), queue.redis_url, ", ".join(known()))
             task_status.started(worker)
@@ -141,10 +147,13 @@ class RedisQueueActor(Actor):
             logging.getLevelName(self.log.getEffectiveLevel()),
         ]  # fmt: skip
         delay = config.restart_delay
+        generation = 0
         while True:
             started = trio.current_time()
+            generation += 1
+            worker_id = f"{socket.gethostname()}:{os.getpid()}:w{slot}.{generation}"
             # Own session: a terminal's Ctrl-C reaches only this process, which stops its workers.
-            process = await trio.lowlevel.open_process(command, start_new_session=True)
+            process = await trio.lowlevel.open_process([*command, "--worker-id", worker_id], start_new_session=True)
             self.pids[slot] = process.pid
             try:
                 code = await process.wait()
@@ -158,10 +167,27 @@ class RedisQueueActor(Actor):
                         process.kill()
             self.pids.pop(slot, None)
             self.restarts += 1
+            await self._return_tasks_of(worker_id)
             # A worker that keeps dying at start (Redis unreachable, a broken install) backs off to 10 s.
             delay = config.restart_delay if trio.current_time() - started > 5 else min(10.0, max(delay * 2, 0.1))
             self.log.warning("queue worker %d exited with %s; restarting in %gs", slot, code, delay)
             await trio.sleep(delay)
+
+    async def _return_tasks_of(self, worker_id: str) -> None:
+        """A worker process is gone: its tasks go back to their queues now, not after visibility_timeout."""
+        config: RedisQueueConfig = self.config
+        queue = config.queue_config()
+
+        async def never(task: QueueTask) -> TaskReply:  # this worker object only reaps
+            raise RuntimeError("not a running worker")
+
+        try:
+            async with open_redis(queue.redis_url) as client:
+                keys = QueueKeys(queues=tuple(config.queues), channel=queue.channel)
+                reaper = QueueWorker(client, never, list, queue, keys=keys, logger=self.log)
+                await reaper.reap_owner(worker_id)
+        except (coredis.exceptions.RedisError, OSError) as exc:
+            self.log.warning("could not return the tasks of %s (the reaper will): %s", worker_id, exc)
 
     async def handle(self, message: Any) -> Any:
         if message == "status":
@@ -185,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m switchyard.services.inference.redis_worker")
     parser.add_argument("--config-json", default="{}", help="RedisQueueConfig as JSON")
     parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--worker-id", default="", help="written next to each task taken (default: host:pid:random)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -193,16 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"redis_worker: {exc}", file=sys.stderr)
         return 2
-    trio.run(_main, config, args.parent_pid)
+    trio.run(_main, config, args.parent_pid, args.worker_id)
     return 0
 
 
-async def _main(config: RedisQueueConfig, parent_pid: int) -> None:
+async def _main(config: RedisQueueConfig, parent_pid: int, worker_id: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signalled, nursery.cancel_scope)
         if parent_pid:
             nursery.start_soon(_exit_with_parent, parent_pid, nursery.cancel_scope)
-        await nursery.start(serve_queue, config)
+        await nursery.start(partial(serve_queue, config, worker_id=worker_id))
 
 
 async def _until_signalled(scope: trio.CancelScope) -> None:
