@@ -333,3 +333,19 @@ async def test_input_over_max_input_bytes_is_dead_lettered(redis_url: str) -> No
     assert sorted(e["type"] for e in got) == ["digit_recognition.completed", "digit_recognition.failed"]
     (dead,) = await dead_letters(redis_url)
     assert "max_input_bytes" in dead["error"] and dead["task"]["id"] == "h1"
+
+
+async def test_a_stopped_worker_hands_its_tasks_back(redis_url: str) -> None:
+    async def hang(task: Any) -> Any:
+        await trio.sleep_forever()
+
+    await push(redis_url, "high_queue", digit_task(1, "high"))
+    async with open_redis(redis_url) as client, trio.open_nursery() as nursery:
+        worker = QueueWorker(client, hang, lambda: ["digit_recognition"], config(redis_url).queue_config())
+        await nursery.start(worker.run)
+        with trio.fail_after(10):
+            while (await lengths(redis_url))["processing_queue"] == 0:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    left = await lengths(redis_url)
+    assert left["processing_queue"] == 0 and left["processing_started"] == 0 and left["high_queue"] == 1

@@ -22,7 +22,8 @@ run by Redis, so each step is atomic across any number of workers on any hosts:
   ``visibility_timeout`` from ``processing_queue`` to the head of their queue (a worker
   that died mid-task loses nothing). Each entry's ``processing_started`` value names
   the worker that took it, so whoever sees a worker die (its parent actor) can return
-  that worker's entries at once (:meth:`QueueWorker.reap_owner`). An entry reaped more than ``max_retries`` times
+  that worker's entries at once (:meth:`QueueWorker.reap_owner`); a worker that is
+  stopped (cancelled, SIGTERM) returns its own. An entry reaped more than ``max_retries`` times
   is dead-lettered instead (a task that kills its worker cannot loop forever).
 
 A task that runs longer than ``visibility_timeout`` is run again by another worker; its
@@ -240,11 +241,20 @@ class QueueWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run ``concurrency`` take loops and the reaper until cancelled."""
         await self.client.ping()
-        async with trio.open_nursery() as nursery:
-            for _ in range(max(1, self.config.concurrency)):
-                nursery.start_soon(self._loop)
-            nursery.start_soon(self._reaper)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(max(1, self.config.concurrency)):
+                    nursery.start_soon(self._loop)
+                nursery.start_soon(self._reaper)
+                task_status.started()
+        finally:
+            # Stopping (cancelled, SIGTERM): hand the tasks this worker holds back now.
+            with trio.move_on_after(2) as scope:
+                scope.shield = True
+                try:
+                    await self.reap_owner(self.worker_id)
+                except Exception as exc:  # Redis gone or the client broken: the reaper will
+                    self.errors("returning held tasks at stop: %s", exc)
 
     async def take(self) -> tuple[bytes, str] | None:
         """Move the next task onto processing_queue: ``(raw, source queue)`` or ``None``."""
