@@ -251,10 +251,11 @@ class QueueWorker:
             # Stopping (cancelled, SIGTERM): hand the tasks this worker holds back now.
             with trio.move_on_after(2) as scope:
                 scope.shield = True
-                try:
-                    await self.reap_owner(self.worker_id)
+                try:  # a fresh client: the running one's connection tasks are cancelled with us
+                    async with open_redis(redis_url(self.config.redis_url)) as fresh:
+                        await self.reap_once(self.worker_id, script=fresh.register_script(_REAP))
                 except Exception as exc:  # Redis gone or the client broken: the reaper will
-                    self.errors("returning held tasks at stop: %s", exc)
+                    self.errors("returning held tasks at stop: %s: %s", type(exc).__name__, exc)
 
     async def take(self) -> tuple[bytes, str] | None:
         """Move the next task onto processing_queue: ``(raw, source queue)`` or ``None``."""
@@ -265,11 +266,11 @@ class QueueWorker:
         raw, queue = got
         return bytes(raw), _text(queue)
 
-    async def reap_once(self, owner: str = "") -> int:
+    async def reap_once(self, owner: str = "", *, script: Any = None) -> int:
         """Return timed-out tasks (and every task taken by worker ``owner``) to their queues now; how many moved."""
         k = self.keys
         timeout_ms = int(self.config.visibility_timeout * 1000)
-        moved: Any = await self._reap(
+        moved: Any = await (script or self._reap)(
             keys=[k.processing, k.started, k.reaped, k.dead_letter], args=[timeout_ms, self.config.max_retries, owner]
         )
         count = int(moved or 0)

@@ -111,10 +111,12 @@ async def serve_queue(
             return await engine.run_request(request)
 
         queue = config.queue_config()
-        async with open_redis(queue.redis_url) as client:
+        # The worker's nursery is inside the client's block: the worker still has its
+        # client while it hands its tasks back at stop.
+        async with open_redis(queue.redis_url) as client, trio.open_nursery() as inner:
             keys = QueueKeys(queues=tuple(config.queues), channel=queue.channel)
             worker = QueueWorker(client, run, known, queue, keys=keys, worker_id=worker_id, logger=log)
-            await nursery.start(worker.run)
+            await inner.start(worker.run)
             log.info("queue worker %d on %s serving %s", os.getpid(), queue.redis_url, ", ".join(known()))
             task_status.started(worker)
             await trio.sleep_forever()
