@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,8 @@ from switchyard.services.inference.vad import SileroVad, VadUnavailable, find_mo
 try:
     find_model()
 except VadUnavailable as exc:  # pragma: no cover - only without the package
+    if os.environ.get("CI") == "true":
+        raise
     pytest.skip(str(exc), allow_module_level=True)
 
 RATE = 48_000
