@@ -7,22 +7,25 @@ SOURCES := switchyard tests bench tools
 
 .PHONY: run test bench check format clean
 
-$(VENV)/.base: pyproject.toml
+# constraints.txt pins the versions CI tested. silero-vad's wheel declares torch, which
+# switchyard never imports (it runs the wheel's ONNX file), so it goes in without deps.
+$(VENV)/.base: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[all]'
+	$(PIP) install -c constraints.txt -e '.[all]'
+	$(PIP) install -c constraints.txt --no-deps silero-vad
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) install -e '.[test]'
+	$(PIP) install -c constraints.txt -e '.[test]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.test
-	$(PIP) install -e '.[test,dev]'
+	$(PIP) install -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
-	$(PIP) install -e '.[bench]'
+	$(PIP) install -c constraints.txt -e '.[bench]'
 	touch $@
 
 run: $(VENV)/.base
