@@ -35,6 +35,8 @@ import trio
 
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.runtime.config import endpoint as valid_endpoint
+from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.aipara.backends.base import BackendError, open_backend
 from switchyard.services.aipara.backends.local import LocalBackendConfig
@@ -65,7 +67,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class AiStreamConfig:
     """``[actor.config]`` of an ``ai_stream`` actor."""
 
-    endpoint: str = "tcp://127.0.0.1:10087"
+    endpoint: str = attrs.field(default="tcp://127.0.0.1:10087", validator=valid_endpoint)
     backend: Literal["local", "openai"] = "local"
     local: LocalBackendConfig = LocalBackendConfig()
     openai: OpenAIBackendConfig = OpenAIBackendConfig()
@@ -73,7 +75,7 @@ class AiStreamConfig:
     default_timeout: float = 5.0
     max_timeout: float = 30.0
     chat_timeout: float = 120.0
-    max_message_size: int = 64 * 1024
+    max_message_size: int = attrs.field(default=64 * 1024, validator=positive)
     #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
     hard_message_size: int = 0
     max_concurrent: int = 256

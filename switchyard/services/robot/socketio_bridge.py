@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.runtime.config import port as valid_port
 from switchyard.services.robot.messages import Push, RobotRequest, ack
 from switchyard.transports.http_server import HttpLimits
 from switchyard.transports.socketio_engine import EngineConfig, SessionEnded
@@ -67,7 +68,7 @@ class SocketIOBridgeConfig:
     """
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = attrs.field(default=8000, validator=valid_port)
     max_clients: int = 1  # 0: no limit
     auth_token: str | None = attrs.field(default=None, repr=False)
     allow_anonymous: bool = False  # serve a non-loopback host without a token

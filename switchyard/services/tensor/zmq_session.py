@@ -41,6 +41,8 @@ import numpy as np
 import trio
 
 from switchyard.runtime import Actor
+from switchyard.runtime.config import endpoint as valid_endpoint
+from switchyard.runtime.config import positive
 from switchyard.services.tensor.protocol import (
     MAX_TENSORS,
     Done,
@@ -60,9 +62,9 @@ __all__ = ["TensorCommand", "TensorReply", "TensorSessionActor", "TensorSessionC
 
 @attrs.frozen
 class TensorSessionConfig:
-    endpoint: str = "ipc://run/tensor_session.sock"
+    endpoint: str = attrs.field(default="ipc://run/tensor_session.sock", validator=valid_endpoint)
     server: str = ""
-    max_message_size: int = 1 << 28
+    max_message_size: int = attrs.field(default=1 << 28, validator=positive)
     max_tensors: int = MAX_TENSORS
     parallel: int = 1
     request_timeout: float = 0.0
