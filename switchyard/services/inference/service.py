@@ -26,6 +26,8 @@ import attrs
 
 from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.runtime import Actor
+from switchyard.runtime.config import endpoint as config_endpoint
+from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
@@ -47,9 +49,9 @@ __all__ = [
 class InferenceConfig(EngineConfig):
     """Service settings; the model/batching fields come from :class:`EngineConfig`."""
 
-    endpoint: str = "tcp://127.0.0.1:5555"
+    endpoint: str = attrs.field(default="tcp://127.0.0.1:5555", validator=config_endpoint)
     #: PUB endpoint for ``ai_events`` ("" = publish nothing).
-    events_endpoint: str = "tcp://127.0.0.1:5556"
+    events_endpoint: str = attrs.field(default="tcp://127.0.0.1:5556", validator=config_endpoint)
     events_topic: str = "ai_events"
     #: Where ai_events go: "zmq" (PUB on events_endpoint), "redis" (channel events_topic
     #: at redis_url) or "both" (switchyard.services.inference.redis_events).
@@ -59,7 +61,7 @@ class InferenceConfig(EngineConfig):
     #: Serve voice_activity_detection with silero-vad when it is installed.
     vad_enabled: bool = True
     #: Bytes per request message; bigger ones get an error reply.
-    max_message_size: int = 4 << 20
+    max_message_size: int = attrs.field(default=4 << 20, validator=positive)
     #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
     hard_message_size: int = 0
     #: Seconds a task may take before it gets an error reply (0 = no limit).
