@@ -32,6 +32,7 @@ extra dependency in the hot path, and measured faster on request/reply.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -143,6 +144,7 @@ class ZmqSocket:
         self._closed = False
         #: Endpoints bound so far, resolved (``tcp://127.0.0.1:*`` shows its port).
         self.endpoints: list[str] = []
+        self._ipc_files: list[tuple[str, tuple[int, int]]] = []
 
     # -- public operations ------------------------------------------------------
     @property
@@ -150,10 +152,24 @@ class ZmqSocket:
         return self._closed
 
     def bind(self, endpoint: str) -> str:
-        """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets its port)."""
+        """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets its port).
+
+        For ``ipc://PATH`` a missing parent directory is created owner-only (0700),
+        and the socket file is removed when this socket closes (if it is still the
+        file this socket bound: a newer server's socket at the same path is left).
+        """
+        path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
+        if path and not path.startswith("@"):  # "@name" is Linux's abstract namespace: no file
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self.socket.bind(endpoint)
         resolved = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.endpoints.append(resolved)
+        if path and not path.startswith("@"):
+            try:
+                st = os.stat(path)
+                self._ipc_files.append((path, (st.st_dev, st.st_ino)))
+            except OSError:
+                pass
         return resolved
 
     def connect(self, endpoint: str) -> None:
@@ -250,6 +266,14 @@ class ZmqSocket:
             event.set()
         self._parked.clear()
         self.socket.close()
+        for path, identity in self._ipc_files:
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == identity:
+                    os.unlink(path)
+            except OSError:
+                pass  # already gone (libzmq may unlink it itself)
+        self._ipc_files.clear()
         await trio.lowlevel.checkpoint()
 
     # -- readiness machinery ------------------------------------------------------

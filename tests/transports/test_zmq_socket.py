@@ -221,3 +221,21 @@ OneSocketManyTasks.TestCase.settings = settings(
     max_examples=15, stateful_step_count=4, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestOneSocketManyTasks = OneSocketManyTasks.TestCase
+
+
+async def test_an_ipc_socket_file_is_removed_on_close_and_its_directory_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "deep" / "s.sock"
+    async with open_socket(zmq.REP, bind=f"ipc://{path}"):
+        assert path.exists()
+        assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert not path.exists()
+
+
+async def test_closing_leaves_a_newer_servers_socket_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    async with open_socket(zmq.REP, bind=f"ipc://{path}"):
+        path.unlink()  # another server took the path over
+        async with open_socket(zmq.REP, bind=f"ipc://{path}"):
+            pass
+        path.touch()  # stands for the newer server's file
+    assert path.exists()

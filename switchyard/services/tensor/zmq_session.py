@@ -12,7 +12,7 @@ the built-ins (``hello``, ``matmul``, ``add``) or the subclass named by the
 acknowledged and ends nothing: the actor is a shared service, stopped by its system.
 
 Config keys: ``endpoint`` (``ipc://`` or ``tcp://``; the parent directory of an
-``ipc://`` path is created), ``server`` (``"module:Class"``, empty for the
+``ipc://`` path is created owner-only and the socket file removed at exit), ``server`` (``"module:Class"``, empty for the
 built-ins), ``max_message_size`` (bytes per request, answered with an error above
 it), ``max_tensors`` (per message), ``parallel`` (commands running at once; 1 keeps
 a stateful subclass safe), ``request_timeout`` (seconds, 0 = none), ``sndhwm`` and
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -189,8 +188,6 @@ class TensorSessionActor(Actor):
         self.handler.session_id = self.name
         self._limiter = trio.CapacityLimiter(max(1, config.parallel))
         self._times = _CommandTimes(max(0.0, config.inline_run_us) / 1e6)
-        if config.endpoint.startswith("ipc://"):
-            Path(config.endpoint[len("ipc://") :]).parent.mkdir(parents=True, exist_ok=True)
         self.server = RouterStreamServer(
             EndpointConfig.from_config(config),
             self._serve,
