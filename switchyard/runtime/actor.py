@@ -96,6 +96,15 @@ class Actor:
         if self._mailbox_scope is not None:
             self._mailbox_scope.cancel()
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Checks of a built config that need more than one field or the file system.
+
+        Called by the manifest loader (so by ``switchyard check`` and ``run``) after
+        ``config`` passed its field validators; raise ``ValueError`` with a message
+        naming the key. The default checks nothing.
+        """
+
     async def on_start(self) -> None:
         """Acquire resources (bind sockets, load models). The actor is ready when this returns."""
 

@@ -228,12 +228,17 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
             actor_class = resolve_kind(entry.kind)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        config = build_config(actor_class.Config, entry.config, where=f"{where} [config]")
+        try:
+            actor_class.check_config(config)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{where} [config]: {exc}") from None
         actors.append(
             ActorSpec(
                 name=entry.name,
                 kind=entry.kind,
                 actor_class=actor_class,
-                config=build_config(actor_class.Config, entry.config, where=f"{where} [config]"),
+                config=config,
                 restart=parse_enum(Restart, entry.restart, f"{where}: restart"),
                 mailbox_capacity=entry.mailbox_capacity,
                 supervisor=entry.supervisor,

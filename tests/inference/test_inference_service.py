@@ -481,3 +481,34 @@ async def test_spawn_fails_clearly_when_a_preloaded_model_cannot_load(tmp_path: 
         with pytest.raises(ModelError, match="file 'ghost.onnx' does not exist in the models directory"):
             await system.spawn(InferenceActor, name="inference", config=config)
         assert "inference" not in system.names()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("nope.onnx", "model file 'nope.onnx' does not exist"),
+        ("../../../etc/passwd", "is outside the models directory"),
+    ],
+)
+def test_check_names_a_missing_or_escaping_model_file(path: str, message: str) -> None:
+    from switchyard.runtime import ConfigError
+    from switchyard.runtime.manifest import parse_manifest
+
+    text = f"""
+[app]
+name = "m"
+status = false
+
+[[actor]]
+name = "inference"
+kind = "inference"
+[actor.config]
+endpoint = "tcp://127.0.0.1:5999"
+events_endpoint = ""
+[[actor.config.models]]
+name = "x"
+path = "{path}"
+"""
+    with pytest.raises(ConfigError, match="actor 'inference'.*models\\[0\\].path") as info:
+        parse_manifest(text, source="m.toml")
+    assert message in str(info.value)

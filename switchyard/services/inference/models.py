@@ -40,6 +40,7 @@ __all__ = [
     "ModelRegistry",
     "Outcome",
     "SessionConfig",
+    "check_model_files",
     "digits_model",
 ]
 
@@ -86,6 +87,18 @@ class ModelConfig:
 
     def input_spec(self) -> InputSpec:
         return InputSpec(dtype=self.dtype, shape=tuple(self.shape), scale=self.scale, offset=self.offset)
+
+
+def check_model_files(models: Sequence[ModelConfig], models_dir: str | Path = "") -> None:
+    """Raise ``ValueError`` naming the key when a declared model file is missing or
+    outside the models directory (what ``switchyard check`` reports before a run)."""
+    root = (Path(models_dir) if models_dir else BUNDLED_MODELS_DIR).resolve()
+    for index, model in enumerate(models):
+        file = (root / model.path).resolve()
+        if not file.is_relative_to(root):
+            raise ValueError(f"key 'models[{index}].path': {model.path!r} is outside the models directory {root}")
+        if not file.is_file():
+            raise ValueError(f"key 'models[{index}].path': model file {model.path!r} does not exist in {root}")
 
 
 def digits_model() -> ModelConfig:

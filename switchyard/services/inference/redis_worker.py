@@ -34,6 +34,7 @@ import trio
 
 from switchyard.runtime import Actor
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine
+from switchyard.services.inference.models import check_model_files
 from switchyard.services.inference.protocol import TaskReply, TaskRequest
 from switchyard.services.inference.redis_queue import (
     QUEUES,
@@ -126,6 +127,11 @@ class RedisQueueActor(Actor):
     """Owns the local queue worker processes (or one in-process worker)."""
 
     Config = RedisQueueConfig
+
+    @classmethod
+    def check_config(cls, config: RedisQueueConfig) -> None:
+        check_model_files(config.models, config.models_dir)
+
     mailbox_capacity = 16
 
     async def on_start(self) -> None:

@@ -32,6 +32,7 @@ from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
 from switchyard.services.inference.extras import attach_extras
+from switchyard.services.inference.models import check_model_files
 from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
 from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
 
@@ -128,6 +129,11 @@ class InferenceActor(Actor):
     """ONNX inference over ZeroMQ REQ/REP (Go JSON tasks, binary tensors), batching, ai_events."""
 
     Config = InferenceConfig
+
+    @classmethod
+    def check_config(cls, config: InferenceConfig) -> None:
+        check_model_files(config.models, config.models_dir)
+
     mailbox_capacity = 64
 
     async def on_start(self) -> None:

@@ -35,6 +35,7 @@ from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine
+from switchyard.services.inference.models import check_model_files
 from switchyard.services.inference.protocol import encode_event
 from switchyard.services.inference.worker_protocol import (
     Heartbeat,
@@ -70,6 +71,10 @@ class InferenceWorkerActor(Actor):
     """Scale-out inference worker: DEALER to an inference_broker, same engine and batching."""
 
     Config = InferenceWorkerConfig
+
+    @classmethod
+    def check_config(cls, config: InferenceWorkerConfig) -> None:
+        check_model_files(config.models, config.models_dir)
 
     async def on_start(self) -> None:
         config: InferenceWorkerConfig = self.config
