@@ -228,7 +228,7 @@ def parse_manifest(text: str, *, source: str = "<manifest>") -> AppSpec:
             actor_class = resolve_kind(entry.kind)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        config = build_config(actor_class.Config, entry.config, where=f"{where} [config]")
+        config: Any = build_config(actor_class.Config, entry.config, where=f"{where} [config]")
         try:
             actor_class.check_config(config)
         except (ValueError, OSError) as exc:
