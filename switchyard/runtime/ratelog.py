@@ -69,5 +69,7 @@ class RateLimitedLog:
     def flush(self) -> None:
         """Emit the pending ``"N more ... suppressed"`` line, if any."""
         if self.suppressed:
-            self.log.log(self.level, "%d more %s suppressed in the last %.0f s", self.suppressed, self.what, self.period)
+            self.log.log(
+                self.level, "%d more %s suppressed in the last %.0f s", self.suppressed, self.what, self.period
+            )
             self.suppressed = 0
