@@ -9,7 +9,6 @@ Inside the system the actor answers ``ask(message)`` with ``message`` unchanged.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import attrs
@@ -18,6 +17,7 @@ from switchyard.protocols.codec import CodecError, json_codec
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as valid_endpoint
 from switchyard.runtime.config import positive
+from switchyard.runtime.stats import timed
 from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
 
 
@@ -35,13 +35,12 @@ class EchoActor(Actor):
     async def on_start(self) -> None:
         self.server = ReqRepServer(
             EndpointConfig.from_config(self.config),
-            self._serve_request,
+            timed(self._reply, self.system.metrics.request_observer(self.name, "zmq_rep")),
             error_reply=self._error_reply,
             name=f"{self.name}.reqrep",
             logger=self.log,
         )
         self.endpoint = await self.nursery.start(self.server.serve)
-        self._observe = self.system.metrics.request_observer(self.name, "zmq_rep")
         self.log.info("echo/health serving on %s", self.endpoint)
 
     async def on_stop(self) -> None:
@@ -49,13 +48,6 @@ class EchoActor(Actor):
 
     async def handle(self, message: Any) -> Any:
         return message
-
-    async def _serve_request(self, body: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return self._reply(body)
-        finally:
-            self._observe(time.perf_counter() - started)
 
     def _reply(self, body: bytes) -> bytes:
         request = json_codec.decode(body)

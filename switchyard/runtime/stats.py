@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -10,7 +12,7 @@ import attrs
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["ActorCounters", "ActorStats", "Metrics"]
+__all__ = ["ActorCounters", "ActorStats", "Metrics", "timed"]
 
 
 @attrs.define
@@ -117,3 +119,30 @@ class _ActorCollector:
             for stat in snapshot:
                 family.add_metric([stat.name, stat.kind], float(value(stat)))
             yield family
+
+
+def timed(handler: Callable[..., Any], observe: Callable[[float], None]) -> Callable[..., Any]:
+    """``handler`` wrapped so each call's duration (seconds) goes to ``observe``.
+
+    Keeps ``handler``'s shape: a plain result is timed and returned as it is (no
+    coroutine is added); an awaitable result is returned as a coroutine timed to its
+    end, also when it raises. Bridges run handlers of either shape, so an actor wraps
+    the handler it gives its bridge: ``timed(self._serve, metrics.request_observer(...))``.
+    """
+    clock = time.perf_counter
+
+    async def finish(awaitable: Awaitable[Any], started: float) -> Any:
+        try:
+            return await awaitable
+        finally:
+            observe(clock() - started)
+
+    def call(*args: Any) -> Any:
+        started = clock()
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            return finish(result, started)
+        observe(clock() - started)
+        return result
+
+    return call

@@ -38,6 +38,7 @@ from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, A
 from switchyard.runtime.config import endpoint as valid_endpoint
 from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
+from switchyard.runtime.stats import timed
 from switchyard.services.aipara.backends.base import BackendError, open_backend
 from switchyard.services.aipara.backends.local import LocalBackendConfig
 from switchyard.services.aipara.backends.openai import OpenAIBackendConfig
@@ -143,7 +144,7 @@ class AiStreamActor(Actor):
         endpoint = EndpointConfig.from_config(cfg, socket_extra=extra)
         self.server = RouterStreamServer(
             endpoint,
-            self._serve,
+            timed(self._serve, self.system.metrics.request_observer(self.name, "zmq_router")),
             supersede=False,
             error_reply=self._error_reply,
             name=f"{self.name}.router",

@@ -41,6 +41,7 @@ from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
 from switchyard.runtime.config import endpoint as config_endpoint
 from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
+from switchyard.runtime.stats import timed
 from switchyard.services.aipara.protocol import (
     COMMAND_KINDS,
     BadRequest,
@@ -166,7 +167,7 @@ class RimeStateActor(Actor):
         self._bad = RateLimitedLog(self.log, what="bad requests")
         self.server = ReqRepServer(
             endpoint,
-            self._serve_request,
+            timed(self._serve_request, self.system.metrics.request_observer(self.name, "zmq_rep")),
             error_reply=self._error_reply,
             accept_dealer=True,
             name=f"{self.name}.reqrep",

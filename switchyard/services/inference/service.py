@@ -29,6 +29,7 @@ from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as config_endpoint
 from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
+from switchyard.runtime.stats import timed
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
 from switchyard.services.inference.events import EventPublisher
 from switchyard.services.inference.extras import attach_extras
@@ -116,7 +117,7 @@ async def start_client_server(actor: Actor, config: Any, handler: Any) -> tuple[
     with ``config``'s limits; every failure is answered by :func:`error_reply_for`."""
     server = ReqRepServer(
         EndpointConfig.from_config(config),
-        handler,
+        timed(handler, actor.system.metrics.request_observer(actor.name, "zmq_rep")),
         error_reply=error_reply_for,
         multipart=True,
         name=f"{actor.name}.reqrep",

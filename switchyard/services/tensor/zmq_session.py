@@ -42,6 +42,7 @@ import trio
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as valid_endpoint
 from switchyard.runtime.config import positive
+from switchyard.runtime.stats import timed
 from switchyard.services.tensor.protocol import (
     MAX_TENSORS,
     Done,
@@ -190,7 +191,7 @@ class TensorSessionActor(Actor):
         self._times = _CommandTimes(max(0.0, config.inline_run_us) / 1e6)
         self.server = RouterStreamServer(
             EndpointConfig.from_config(config),
-            self._serve,
+            timed(self._serve, self.system.metrics.request_observer(self.name, "zmq_router")),
             supersede=False,
             error_reply=self._error_reply,
             multipart=True,
