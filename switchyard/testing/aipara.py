@@ -5,7 +5,7 @@ Strategies produce what the Rime plugin puts on the wire (as dicts; encode with
 ``ai_request_dicts()``, ``outbox_commands()``, ``hostile_bodies()``.
 
 ``CPP_CLIENT_OPTIONS`` / ``configure_like_cpp_client`` set a pyzmq socket up exactly
-like the C++ client (PEERS.md section 1), so tests talk to the server the way the IME does.
+like the C++ client (docs/aipara.md), so tests talk to the server the way the IME does.
 
 ``serve_fake_completions`` runs a small OpenAI-compatible chat-completions server on
 loopback (Trio + h11) that streams scripted replies as server-sent events, so the

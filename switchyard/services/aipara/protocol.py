@@ -1,6 +1,6 @@
 """aipara wire messages: the Rime IME plugin's two ZeroMQ channels, sans-IO.
 
-The peer is the aipara C++/Lua client inside the Rime input method (PEERS.md section 1).
+The peer is the aipara C++/Lua client inside the Rime input method (docs/aipara.md).
 Its field names are the wire format and are kept exactly, misspellings included:
 requests and replies are keyed by ``messege_type`` and a reply's command list is
 ``command_messege``.

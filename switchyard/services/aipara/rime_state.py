@@ -2,7 +2,7 @@
 
 Each IME client sends its state (``state``), what it committed (``commit``), a
 command (``command``, e.g. ``paste``) or a pong, and waits at most 100 ms for exactly
-one reply. Clients may use REQ (as PEERS.md describes) or, like newer plugin builds,
+one reply. Clients may use REQ (as the C++ client does) or, like newer plugin builds,
 a DEALER sending single frames; both get the same replies. The actor serves any number of clients at once through a ROUTER
 (:class:`~switchyard.transports.zmq_bridges.ReqRepServer`), keeps every client's
 state, and answers each request with the commands queued for that client

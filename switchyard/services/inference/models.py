@@ -8,7 +8,7 @@ output becomes a result (``argmax`` or ``raw``).
 What a caller may rely on:
 
 * A task's ``model_path`` is resolved only inside the models directory: a path that
-  starts with ``path_prefix`` (``/models/`` as in the seed) or is relative is taken
+  starts with ``path_prefix`` (``/models/`` as the Go service sends) or is relative is taken
   relative to it; an absolute path must lie inside it; ``..`` and symlinks that lead
   out are refused. A bare model name also works. Outside, missing, not ONNX and not
   declared are four different error messages.

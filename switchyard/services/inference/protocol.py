@@ -1,4 +1,4 @@
-"""The inference task protocol of the meeting system (seed 004, PEERS.md §3), sans-IO.
+"""The inference task protocol of the meeting system (docs/inference.md), sans-IO.
 
 Request, one JSON frame (a Go ``AITask`` marshalled by ``encoding/json``)::
 
@@ -6,7 +6,7 @@ Request, one JSON frame (a Go ``AITask`` marshalled by ``encoding/json``)::
      "input_data": "<base64>" | [byte, …], "params": {"key": "value"}}
 
 ``input_data`` is a base64 string (standard alphabet, padded: what Go writes for a
-``[]byte``) or an array of byte values 0..255 (what the seed's C++ server reads);
+``[]byte``) or an array of byte values 0..255 (what the meeting system's C++ server reads);
 ``null`` is an empty input, as Go writes a nil slice. ``params`` values are strings;
 ``null`` means none. Unknown keys are ignored.
 
@@ -260,7 +260,7 @@ _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u
 def encode_request(request: TaskRequest, *, byte_array: bool = False) -> bytes:
     """Client side: the request as the Go service marshals it (field order, base64,
     sorted params, HTML-safe escapes), or with ``byte_array=True`` as an array of
-    byte values like the seed's C++ peer."""
+    byte values like the meeting system's C++ peer."""
     data: Any
     if byte_array:
         data = list(request.input_data)
@@ -346,7 +346,7 @@ def task_event(
     *,
     now: _dt.datetime | None = None,
 ) -> TaskEvent:
-    """The event for a finished task, shaped like the seed's ``ai_events`` messages.
+    """The event for a finished task, shaped like the meeting system's ``ai_events`` messages.
 
     Payload: ``task_id``, ``task_type``, ``status``, the result's fields at top level
     (``label``, ``confidence``, …; they never replace the fixed keys), the request's

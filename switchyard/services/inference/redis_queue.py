@@ -1,4 +1,4 @@
-"""Workers on the meeting system's Redis List queues (PEERS.md §3, docs/inference.md).
+"""Workers on the meeting system's Redis List queues (docs/inference.md).
 
 Producers ``LPUSH`` JSON tasks onto ``critical_queue``, ``high_queue``,
 ``normal_queue`` or ``low_queue``. A :class:`QueueWorker` takes tasks with Lua scripts
@@ -105,7 +105,7 @@ class QueueConfig:
     redis_url: str = ""
     #: Seconds a task may sit in processing_queue before the reaper returns it.
     visibility_timeout: float = 30.0
-    #: Retries after the first failure (the seed's 3); then the dead-letter queue.
+    #: Retries after the first failure (the meeting system's 3); then the dead-letter queue.
     max_retries: int = 3
     #: Tasks one worker process runs at once.
     concurrency: int = 1

@@ -1,4 +1,4 @@
-"""Queue task messages of the meeting system (PEERS.md §3) and the events they yield.
+"""Queue task messages of the meeting system and the events they yield.
 
 What a caller may rely on:
 

@@ -1,7 +1,7 @@
 """The inference service: ONNX Runtime behind the meeting system's ZeroMQ task protocol.
 
 A ROUTER socket (default ``tcp://127.0.0.1:5555``) serves REQ clients, such as the Go
-``ai-inference-service`` (PEERS.md §3), and DEALER clients that send an empty
+``ai-inference-service``, and DEALER clients that send an empty
 delimiter frame before the body, as a REQ socket does. Each request is either one
 JSON frame (:mod:`switchyard.services.inference.protocol`) or the binary fast path
 (:mod:`switchyard.services.inference.binary`); each gets exactly one reply in its

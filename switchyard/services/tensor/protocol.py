@@ -86,7 +86,7 @@ def parse_request(raw: bytes | bytearray | memoryview) -> Request:
     """The request in a ``request.json`` body.
 
     Accepted: ``{"cmd": ..., "params": ...}`` (what the C++ client writes),
-    ``{"command": ..., "parameters": ...}`` (the seed's documented form) and plain
+    ``{"command": ..., "parameters": ...}`` (Tech Renaissance's documented form) and plain
     text ``"<cmd> <params>"`` (what ``send_request("hello world")`` writes). A
     missing ``params`` is ``""``; non-string values are an error.
     """
