@@ -8,10 +8,11 @@ Why h11 rather than a full server (hypercorn, uvicorn, quart-trio):
 * it is sans-IO, like our ``protocols/``: the request cycle, keep-alive and framing
   rules are h11's, the sockets, limits and timeouts are ours and explicit;
 * it is small, typed and maintained by python-hyper (it also underlies httpcore/httpx
-  and is what wsproto, under trio-websocket, parses the upgrade request with), so no
+  and is what wsproto parses the upgrade request with), so no
   new dependency is pulled in;
 * an ASGI server would put a second application model between the socket and the
-  Engine.IO session, and make the WebSocket side its own instead of trio-websocket.
+  Engine.IO session, and make the WebSocket side its own instead of ours
+  (:mod:`switchyard.transports.websocket_server`, over wsproto).
 
 What a caller may rely on:
 
@@ -27,7 +28,7 @@ What a caller may rely on:
   past that total gets ``503`` and the connection closes;
 * a ``GET`` carrying ``Upgrade: websocket`` goes to ``upgrade_handler(request, stream)``
   instead; ``stream`` replays the request bytes, so a WebSocket library can parse the
-  handshake itself (``trio_websocket.wrap_server_stream``). The handler owns the stream;
+  handshake itself (:func:`switchyard.transports.websocket_server.handshake`). The handler owns the stream;
 * timeouts: a connection waiting for (the first byte of) a request is closed after
   ``limits.idle_timeout``; a request head must be complete within
   ``limits.header_timeout`` of its first byte, the whole request within
@@ -150,6 +151,16 @@ class PrefixedStream(trio.abc.Stream):
     def __init__(self, prefix: bytes, stream: trio.abc.Stream) -> None:
         self._prefix = prefix
         self._stream = stream
+
+    @property
+    def inner(self) -> trio.abc.Stream:
+        """The wrapped stream (read it only after :meth:`take_prefix`)."""
+        return self._stream
+
+    def take_prefix(self) -> bytes:
+        """The replayed bytes not read yet; from now on reads go to :attr:`inner`."""
+        prefix, self._prefix = self._prefix, b""
+        return prefix
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:

@@ -1,4 +1,4 @@
-"""Engine.IO 4 server on Trio: long-polling over :mod:`http_server`, WebSocket over trio-websocket.
+"""Engine.IO 4 server on Trio: long-polling over :mod:`http_server`, WebSocket over :mod:`websocket_server`.
 
 :class:`EngineServer` turns HTTP requests and WebSocket connections into
 :class:`EngineSocket` sessions and runs ``session_handler(socket)`` for each, in its
@@ -34,19 +34,42 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
-import trio_websocket
 
 from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, PacketType, ServerSession, SessionState, Transport
+from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.http_server import Request, Response
 from switchyard.transports.socketio_engine_socket import EngineSocket, SessionEnded, held
+from switchyard.transports.websocket_server import PendingWebSocket, WebSocketClosed, WebSocketConnection, handshake
 
 __all__ = ["DEFAULT_ORIGINS", "EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "held", "origin_allowed"]
 
 SessionHandler = Callable[[EngineSocket], Awaitable[None]]
 
 log = logging.getLogger("switchyard.transports.engineio")
+
+#: While handlers mostly block, each queued batch decays the blocking average by this
+#: factor, so inline dispatch is tried again after a while.
+_BLOCKING_DECAY = 0.98
+
+
+class _BlockingAverage:
+    """How often inline handlers blocked on their first step (moving average, 0..1)."""
+
+    __slots__ = ("blocking",)
+    WEIGHT = 0.1
+
+    def __init__(self) -> None:
+        self.blocking = 0.0
+
+    def record(self, blocked: bool) -> None:
+        self.blocking += self.WEIGHT * ((1.0 if blocked else 0.0) - self.blocking)
+
+    @property
+    def mostly_blocks(self) -> bool:
+        return self.blocking > 0.5
+
 
 DEFAULT_ORIGINS = (
     "http://localhost:*",
@@ -292,70 +315,77 @@ class EngineServer:
     # -- WebSocket ------------------------------------------------------------------
     async def handle_upgrade(self, request: Request, stream: trio.abc.Stream) -> None:
         """Serve a WebSocket handshake on ``stream`` (owns and closes it)."""
-        corked = _CorkableStream(stream)
-        async with trio.open_nursery() as nursery:
-            try:
-                ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, corked, max_message_size=self.config.max_payload, message_queue_size=64
-                )
-                await self._serve_websocket(request, ws_request, corked)
-            finally:
-                nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):
+        try:
+            with trio.fail_after(self.config.ping_timeout):
+                pending = await handshake(stream, max_message_size=self.config.max_payload)
+        except (WebSocketClosed, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.bad_input("websocket handshake from %s failed: %s", request.client, str(exc) or type(exc).__name__)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        ws: WebSocketConnection | None = None
+        try:
+            ws = await self._serve_websocket(request, pending)
+        finally:
+            with trio.CancelScope(shield=True):
+                if ws is not None:
+                    await ws.aclose()
+                else:
                     await stream.aclose()
 
-    async def _serve_websocket(
-        self, request: Request, ws_request: trio_websocket.WebSocketRequest, stream: _CorkableStream
-    ) -> None:
+    async def _serve_websocket(self, request: Request, pending: PendingWebSocket) -> WebSocketConnection | None:
+        """Answer the handshake and serve the session; the connection, if accepted."""
+        json_type = ((b"content-type", b"application/json"),)
         _cors, allowed = self._cors(request)
         if request.path.rstrip("/") + "/" != self.config.path:
-            await ws_request.reject(404)
-            return
+            await pending.reject(404)
+            return None
         if not allowed:
             self.bad_input("websocket from origin %r refused", request.header("origin"))
-            await ws_request.reject(
-                403,
-                extra_headers=[(b"content-type", b"application/json")],
-                body=eio.error_body(eio.ErrorCode.FORBIDDEN),
-            )
-            return
+            await pending.reject(403, json_type, eio.error_body(eio.ErrorCode.FORBIDDEN))
+            return None
         try:
             target = eio.parse_request(request.query)
             if target.transport is not Transport.WEBSOCKET or not self.config.allow_websocket:
                 raise eio.EngineIOError("websocket transport not served", eio.ErrorCode.UNKNOWN_TRANSPORT)
         except eio.EngineIOError as exc:
             self.bad_input("websocket refused: %s", exc)
-            await ws_request.reject(
-                400, extra_headers=[(b"content-type", b"application/json")], body=eio.error_body(exc.code, str(exc))
-            )
-            return
+            await pending.reject(400, json_type, eio.error_body(exc.code, str(exc)))
+            return None
         if target.sid is None:
             sock = self._new_socket(Transport.WEBSOCKET, request)
             if sock is None:
-                await ws_request.reject(503, body=eio.error_body(eio.ErrorCode.BAD_REQUEST, "session limit reached"))
-                return
-            ws = await ws_request.accept()
-            await ws.send_message(eio.encode_packet(sock.session.handshake().to_packet()))
-            await self._websocket_session(sock, ws, stream)
-            return
+                await pending.reject(503, json_type, eio.error_body(eio.ErrorCode.BAD_REQUEST, "session limit reached"))
+                return None
+            try:
+                ws = await pending.accept()
+                await ws.send_message(eio.encode_packet(sock.session.handshake().to_packet()))
+            except WebSocketClosed:
+                sock.abort("transport close")
+                return None
+            await self._websocket_session(sock, ws)
+            return ws
         sock = self.sessions.get(target.sid)
         if sock is None:
-            await ws_request.reject(400, body=eio.error_body(eio.ErrorCode.UNKNOWN_SID))
-            return
-        ws = await ws_request.accept()
+            await pending.reject(400, json_type, eio.error_body(eio.ErrorCode.UNKNOWN_SID))
+            return None
+        ws = await pending.accept()
         if await self._upgrade(sock, ws):
-            await self._websocket_session(sock, ws, stream)
-        else:
-            await _close_websocket(ws)
+            await self._websocket_session(sock, ws)
+        return ws
 
-    async def _upgrade(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> bool:
+    async def _upgrade(self, sock: EngineSocket, ws: WebSocketConnection) -> bool:
         try:
             with trio.fail_after(self.config.ping_timeout):
-                probe = eio.decode_packet(await ws.get_message())
+                messages = await ws.receive_messages()
                 # The answer also releases a pending poll (NOOP) so the client can pause polling.
-                await ws.send_message(eio.encode_packet(sock.probe(probe)))
-                sock.upgrade(eio.decode_packet(await ws.get_message()))
-        except (eio.EngineIOError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
+                await ws.send_message(eio.encode_packet(sock.probe(eio.decode_packet(messages[0]))))
+                if len(messages) < 2:
+                    messages += await ws.receive_messages()
+                sock.upgrade(eio.decode_packet(messages[1]))
+                if len(messages) > 2:
+                    sock.feed([eio.decode_packet(m) for m in messages[2:]])
+        except (eio.EngineIOError, trio.TooSlowError, WebSocketClosed) as exc:
             sock.cancel_upgrade()
             self.bad_input(
                 "engine.io session %s: websocket upgrade failed: %s", sock.sid, str(exc) or type(exc).__name__
@@ -364,64 +394,110 @@ class EngineServer:
         self.log.debug("engine.io session %s upgraded to websocket", sock.sid)
         return True
 
-    async def _websocket_session(
-        self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection, stream: _CorkableStream
-    ) -> None:
-        async def send(frames: list[str | bytes]) -> None:
-            stream.cork()  # every frame of the batch goes out in one write
-            try:
-                for frame in frames:
-                    await ws.send_message(frame)
-            finally:
-                await stream.uncork()
-
-        sock.attach_websocket(send)
+    async def _websocket_session(self, sock: EngineSocket, ws: WebSocketConnection) -> None:
+        sock.attach_websocket(ws.send_messages)
+        reading_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ws_writer, sock, ws)
-                await self._ws_reader(sock, ws)
-                nursery.cancel_scope.cancel()
+                writer_scope = trio.CancelScope()
+                nursery.start_soon(self._ws_writer, sock, ws, writer_scope)
+                nursery.start_soon(self._ws_reader, sock, ws, nursery, reading_done, _BlockingAverage())
+                await reading_done.wait()
+                writer_scope.cancel()
+                # a handler still running in a reader task ends by itself (its ack is dropped)
         finally:
             sock.detach_websocket()
-        await _close_websocket(ws)
 
-    async def _ws_reader(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
-        while sock.state is not SessionState.CLOSED:
-            try:
-                message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                reason = exc.reason
-                if reason is not None and reason.code in (1002, 1007, 1009):
-                    self.bad_input(
-                        "engine.io session %s (%s): websocket closed for bad input: %s %s",
-                        sock.sid,
-                        sock.request.client,
-                        reason.code,
-                        reason.reason or reason.name,
-                    )
-                too_big = reason is not None and reason.code == 1009
-                sock.abort("message larger than max_payload" if too_big else "transport close")
-                return
-            try:
-                packet = eio.decode_packet(message)
-            except eio.EngineIOError as exc:
-                self.bad_input("engine.io session %s (%s): bad frame: %s", sock.sid, sock.request.client, exc)
-                sock.abort("parse error")
-                return
-            sock.feed([packet])
+    async def _ws_reader(
+        self,
+        sock: EngineSocket,
+        ws: WebSocketConnection,
+        nursery: trio.Nursery,
+        reading_done: trio.Event,
+        inline: _BlockingAverage,
+    ) -> None:
+        """Read frames, and handle what arrives inline when the session allows it.
 
-    async def _ws_writer(self, sock: EngineSocket, ws: trio_websocket.WebSocketConnection) -> None:
-        """Writes what nobody flushed directly (pings, the CLOSE packet, packets queued
-        before the upgrade) and closes the socket once the session is closed."""
+        When an inline handler blocks, a fresh reader takes over reading and this task
+        finishes the handler (so its cancel scopes stay in the task that entered them).
+        """
         try:
-            while True:
-                await sock.flush_websocket()
-                if sock.state is SessionState.CLOSED:
-                    break
-                await sock.wait_for_writes()
+            while sock.state is not SessionState.CLOSED:
+                try:
+                    messages = await ws.receive_messages()
+                except WebSocketClosed as exc:
+                    if exc.code in (1002, 1007, 1009):
+                        self.bad_input(
+                            "engine.io session %s (%s): websocket closed for bad input: %s %s",
+                            sock.sid,
+                            sock.request.client,
+                            exc.code,
+                            exc.reason,
+                        )
+                    sock.abort("message larger than max_payload" if exc.code == 1009 else "transport close")
+                    return
+                try:
+                    packets = [eio.decode_packet(m) for m in messages]
+                except eio.EngineIOError as exc:
+                    self.bad_input("engine.io session %s (%s): bad frame: %s", sock.sid, sock.request.client, exc)
+                    sock.abort("parse error")
+                    return
+                if sock.dispatcher is None or inline.mostly_blocks:
+                    inline.blocking *= _BLOCKING_DECAY
+                    sock.feed(packets)
+                    continue
+                batch = sock.feed_inline(packets)
+                if batch and not await self._dispatch_inline(sock, ws, batch, nursery, reading_done, inline):
+                    return  # another reader task reads now
+        finally:
+            if sock.state is SessionState.CLOSED:
+                reading_done.set()
+
+    async def _dispatch_inline(
+        self,
+        sock: EngineSocket,
+        ws: WebSocketConnection,
+        batch: list[str | bytes],
+        nursery: trio.Nursery,
+        reading_done: trio.Event,
+        inline: _BlockingAverage,
+    ) -> bool:
+        """Handle ``batch`` in this task and flush; False if reading was handed off."""
+        assert sock.dispatcher is not None
+        handle, flush = sock.dispatcher
+        still_reading = True
+        try:
+            step = first_step(handle(batch))
+            inline.record(isinstance(step, Blocked))
+            if isinstance(step, Blocked):
+                nursery.start_soon(self._ws_reader, sock, ws, nursery, reading_done, inline)
+                still_reading = False
+                await resume(step)
+        except Exception:
+            self.log.exception("inline handler for session %s failed", sock.sid)
+            sock.abort("handler failed")
+        finally:
+            sock.batch_done()
+        try:
+            await flush()
         except SessionEnded:
             pass
-        await _close_websocket(ws)
+        return still_reading
+
+    async def _ws_writer(self, sock: EngineSocket, ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+        """Writes what nobody flushed directly (pings, the CLOSE packet, packets queued
+        before the upgrade) and closes the connection once the session is closed (which
+        also ends a read in progress)."""
+        with scope:
+            try:
+                while True:
+                    await sock.flush_websocket()
+                    if sock.state is SessionState.CLOSED:
+                        break
+                    await sock.wait_for_writes()
+            except SessionEnded:
+                pass
+            await ws.aclose()
 
     # -- session lifetime -----------------------------------------------------------
     async def _run_session(self, sock: EngineSocket) -> None:
@@ -455,48 +531,3 @@ class EngineServer:
         while sock.state is SessionState.OPEN:
             await trio.sleep_until(sock.next_deadline())
             sock.tick(trio.current_time())
-
-
-async def _close_websocket(ws: trio_websocket.WebSocketConnection, timeout: float = 5.0) -> None:
-    """Close handshake, bounded: a peer that never answers does not hold us."""
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + timeout
-        await ws.aclose()
-
-
-class _CorkableStream(trio.abc.Stream):
-    """Passes everything through, except that ``send_all`` only buffers while corked.
-
-    trio-websocket writes each frame with its own ``send_all``; corking around a batch
-    of frames turns N small writes (and N TCP segments) into one.
-    """
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
-        self._corked = False
-        self._buffer = bytearray()
-
-    def cork(self) -> None:
-        self._corked = True
-
-    async def uncork(self) -> None:
-        self._corked = False
-        if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            await self._stream.send_all(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._corked:
-            self._buffer += data
-            return
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

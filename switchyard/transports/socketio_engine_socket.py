@@ -17,22 +17,31 @@ Memory bound for what goes out: at most ``max_pending_out`` packets are queued, 
 one batch being written. A sender waits while the queue is full; when it stays full
 (the client reads nothing) for ``send_timeout`` seconds, or one WebSocket write takes
 longer than that, the session is aborted and the sender gets :class:`SessionEnded`.
+
+Inline dispatch: a handler that registers ``set_dispatcher(handle, flush)`` and reads
+with ``receive_batch`` / ``batch_done`` lets the WebSocket reader run ``handle(batch)``
+in the reader's own task when nothing is queued and no batch is being handled (no task
+switch between a received frame and its answer). Either way batches are handled one
+at a time, in the order the client sent them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import trio
-import trio_websocket
 
 from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, ServerSession, SessionState, Transport
 from switchyard.transports.http_server import Request
+from switchyard.transports.websocket_server import WebSocketClosed
 
-__all__ = ["EngineSocket", "SessionEnded", "held"]
+__all__ = ["Dispatcher", "EngineSocket", "SessionEnded", "held"]
 
 WebSocketSend = Callable[[list[str | bytes]], Awaitable[None]]
+#: ``(handle, flush)``: ``handle(batch)`` handles messages in order, ``flush()`` writes answers.
+Dispatcher = tuple[Callable[[list[str | bytes]], Awaitable[object]], Callable[[], Awaitable[None]]]
 
 
 class SessionEnded(Exception):
@@ -93,7 +102,12 @@ class EngineSocket:
         #: Set by the handler once the client is past its own handshake (e.g. joined
         #: a Socket.IO namespace); sessions that are not are shed first under load.
         self.established = False
-        self._inbound_send, self._inbound = trio.open_memory_channel[str | bytes](max_queued_messages)
+        self._inbound: deque[str | bytes] = deque()
+        self._inbound_closed = False
+        self._inbound_changed = trio.Event()
+        #: Set by the handler (see "Inline dispatch" in the module docstring).
+        self.dispatcher: Dispatcher | None = None
+        self._busy = False  # a batch is being handled
         self._changed = trio.Event()
         self._waiters = 0
         # WebSocket mode: frames are written by whoever queues them (no extra task hop)
@@ -118,17 +132,60 @@ class EngineSocket:
     # -- handler API ------------------------------------------------------------------
     async def receive(self) -> str | bytes:
         """The next message from the client; raises :class:`SessionEnded` once closed."""
-        try:
-            return await self._inbound.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SessionEnded(self.close_reason or "closed") from None
+        while True:
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                await self._wait_inbound()
 
     def receive_nowait(self) -> str | bytes:
         """A message already received, or ``trio.WouldBlock``; :class:`SessionEnded` once closed."""
-        try:
-            return self._inbound.receive_nowait()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SessionEnded(self.close_reason or "closed") from None
+        if self._inbound:
+            return self._inbound.popleft()
+        if self._inbound_closed:
+            raise SessionEnded(self.close_reason or "closed")
+        raise trio.WouldBlock
+
+    async def _wait_inbound(self) -> None:
+        await self._inbound_changed.wait()
+        self._inbound_changed = trio.Event()
+
+    def _inbound_ready(self) -> None:
+        self._inbound_changed.set()
+
+    def set_dispatcher(
+        self, handle: Callable[[list[str | bytes]], Awaitable[object]], flush: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Let the WebSocket reader handle batches inline (see the module docstring)."""
+        self.dispatcher = (handle, flush)
+
+    async def receive_batch(self, limit: int) -> list[str | bytes]:
+        """Up to ``limit`` queued messages once no other batch is being handled.
+
+        The caller handles them and then calls :meth:`batch_done`; raises
+        :class:`SessionEnded` once the session is closed and nothing is queued.
+        """
+        while True:
+            if self._inbound and not self._busy:
+                self._busy = True
+                inbound = self._inbound
+                return [inbound.popleft() for _ in range(min(limit, len(inbound)))]
+            if self._inbound_closed and not self._inbound:
+                raise SessionEnded(self.close_reason or "closed")
+            await self._wait_inbound()
+
+    def take_inline(self) -> bool:
+        """Whether the caller may handle a batch now, in its own task (then it is busy)."""
+        if self._busy or self._inbound or self.dispatcher is None or self.session.state is not SessionState.OPEN:
+            return False
+        self._busy = True
+        return True
+
+    def batch_done(self) -> None:
+        """The batch from :meth:`receive_batch` or :meth:`take_inline` is handled."""
+        self._busy = False
+        if self._inbound or self._inbound_closed:
+            self._inbound_ready()
 
     def __aiter__(self) -> EngineSocket:
         return self
@@ -176,21 +233,43 @@ class EngineSocket:
         """Deliver session events (messages to the handler, a close to everyone), then wake."""
         for event in events:
             if isinstance(event, eio.MessageReceived):
-                try:
-                    self._inbound_send.send_nowait(event.data)
-                except trio.WouldBlock:
+                if self._inbound_closed:
+                    continue
+                if len(self._inbound) >= self.max_queued_messages:
                     self.handle_events(
                         self.session.abort(f"client sent more than {self.max_queued_messages} unprocessed messages")
                     )
                     return
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
+                self._inbound.append(event.data)
+                self._inbound_ready()
             else:
                 if self.close_reason is None:
                     self.close_reason = event.reason
-                self._inbound_send.close()
+                self._inbound_closed = True
+                self._inbound_ready()
                 self.closed.set()
         self.wake()
+
+    def feed_inline(self, packets: list[Packet]) -> list[str | bytes]:
+        """Like :meth:`feed`, but when :meth:`take_inline` allows, the messages are
+        returned for the caller to handle now instead of being queued (the caller then
+        owns the batch and calls :meth:`batch_done`); an empty list otherwise."""
+        events = self.session.receive_messages(packets, now=trio.current_time())
+        if not events:
+            return []
+        if isinstance(events[0], eio.MessageReceived) and self.take_inline():
+            batch: list[str | bytes] = []
+            rest: list[eio.SessionEvent] = []
+            for event in events:
+                if isinstance(event, eio.MessageReceived) and not rest:
+                    batch.append(event.data)
+                else:
+                    rest.append(event)
+            if rest:
+                self.handle_events(rest)
+            return batch
+        self.handle_events(events)
+        return []
 
     def feed(self, packets: list[Packet]) -> None:
         """Packets the client sent on the active transport."""
@@ -290,7 +369,7 @@ class EngineSocket:
             try:
                 with trio.move_on_after(self.send_timeout) as scope:
                     await send([eio.encode_packet(p) for p in packets])
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (WebSocketClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.abort("transport close")
                 raise SessionEnded(self.close_reason or "transport close") from None
             if scope.cancelled_caught:

@@ -260,19 +260,24 @@ class SocketIOServer:
             link.sock.close("connect timeout")
 
     async def _read_loop(self, link: _Link) -> None:
+        """Handle what the engine queued (polling, or while an inline batch blocked).
+
+        Over WebSocket the engine's reader usually handles batches itself, inline
+        (``set_dispatcher``); batches are handled one at a time either way.
+        """
         sock = link.sock
+        sock.set_dispatcher(lambda batch: self._handle_batch(link, batch), link.flush)
         while True:
             try:
-                batch = [await sock.receive()]
+                # what has already arrived, answered with one flush
+                batch = await sock.receive_batch(_BATCH)
             except SessionEnded:
                 return
-            # Take what has already arrived too, and answer it all with one flush.
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(sock.receive_nowait())
-                except (trio.WouldBlock, SessionEnded):
-                    break
-            if not await self._handle_batch(link, batch):
+            try:
+                going_on = await self._handle_batch(link, batch)
+            finally:
+                sock.batch_done()
+            if not going_on:
                 return
             try:
                 await link.flush()
