@@ -102,7 +102,12 @@ class _Io:
     async def write(self, data: bytes) -> None:
         if not data:
             return
-        async with self.write_lock:
+        # a free lock is taken without a checkpoint: one scheduler trip less per write
+        try:
+            self.write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.write_lock.acquire()
+        try:
             raw = self.raw
             if raw is not None:
                 try:
@@ -115,6 +120,8 @@ class _Io:
                     return
                 data = data[sent:]
             await self.stream.send_all(data)
+        finally:
+            self.write_lock.release()
 
 
 class PendingWebSocket:
@@ -267,7 +274,9 @@ class WebSocketConnection:
         if self.closed is not None or self._close_sent:
             raise self.closed or WebSocketClosed(1000, "closing")
         ws = self._ws
-        data = b"".join([ws.send(Message(data=m)) for m in messages])
+        data = b"".join(
+            [ws.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m)) for m in messages]
+        )
         try:
             await self._io.write(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
