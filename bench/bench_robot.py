@@ -3,7 +3,7 @@
 Two servers run side by side, each in its own process, answering the same events:
 
 * switchyard: the ``socketio_bridge`` + ``robot_worker`` actors (Trio, h11 polling,
-  trio-websocket);
+  WebSocket over wsproto in the connection's own task);
 * baseline: python-socketio's ``AsyncServer`` on uvicorn (asyncio), ``echo`` answered
   in the handler and ``process`` forwarded, as the seed's backend does, over a
   ZeroMQ ipc:// REQ socket (zmq.asyncio) to a worker process running the same
