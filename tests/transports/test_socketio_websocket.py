@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
+import trio_websocket
+from test_socketio_server import Recorder, serve
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
 from wsproto.frame_protocol import Opcode
@@ -133,3 +136,36 @@ async def test_bad_utf8_closes_1007_and_bad_handshake_gets_400() -> None:
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
         await stream.aclose()
+
+
+async def test_heartbeat_goes_on_while_an_inline_handler_blocks() -> None:
+    """A handler that blocks longer than ping_interval + ping_timeout hands reading to
+    another task: pongs are still read, the session survives, later events wait."""
+
+    class Sleepy(Recorder):
+        async def on_event(self, client: Any, name: str, args: list[Any]) -> Any:
+            if name == "nap":
+                await trio.sleep(1.0)
+            return await super().on_event(client, name, args)
+
+    handler = Sleepy()
+    async with serve(handler, ping_interval=0.2, ping_timeout=0.3) as (port, _, _server):
+        async with trio_websocket.open_websocket_url(
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        ) as ws:
+            await ws.get_message()
+            await ws.send_message("40")
+            await ws.get_message()
+            await ws.send_message('421["nap"]')
+            await ws.send_message('422["echo","after"]')
+            acks, pings = [], 0
+            with trio.fail_after(5):
+                while len(acks) < 2:
+                    message = await ws.get_message()
+                    if message == "2":
+                        pings += 1
+                        await ws.send_message("3")
+                    else:
+                        acks.append(message)
+        assert acks == ["431[]", '432["after"]'] and pings >= 3
+        assert not any("ping" in reason for reason in handler.disconnects)
