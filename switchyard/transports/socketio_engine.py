@@ -13,7 +13,12 @@ bytes, runs the heartbeat and enforces limits:
   oldest session that is not yet established (never joined a namespace), and only
   when every session is established gets HTTP 503;
 * a session whose inbound queue (``max_queued_messages``) overflows is closed, as is
-  one that answers no ping within ``ping_timeout``;
+  one that answers no ping within ``ping_timeout``. Over WebSocket, what arrives while
+  nothing is queued and no handler is busy is handled in the reader's own task (no
+  queue, no task switch); while a handler is busy the reader queues, so the bound holds;
+* WebSocket frames are read and written with wsproto (:mod:`websocket_server`): a
+  message over ``max_payload`` closes the connection with 1009, bad frames with
+  1002/1007, each logged as one rate-limited line;
 * ``send`` waits while ``max_pending_out`` packets are queued for the client, so a slow
   client pushes back on whoever emits to it; a client that reads nothing for
   ``send_timeout`` seconds is dropped (see :mod:`socketio_engine_socket`);
