@@ -22,7 +22,7 @@ from bench._stats import fmt, median, ratio, section, table
 from switchyard import open_system
 from switchyard.apps.models import digits_heldout
 from switchyard.services.inference.redis_queue import QUEUES, open_redis
-from switchyard.services.inference.redis_server import local_redis
+from switchyard.services.inference.redis_server import EventsRecorder, local_redis
 from switchyard.services.inference.redis_worker import RedisQueueActor, RedisQueueConfig
 
 THROUGHPUT_TASKS = 2000
@@ -45,30 +45,6 @@ def vad_task(i: int, audio: bytes) -> bytes:
     return json.dumps({"id": f"v{i}", "Type": "ai.voice_activity_detection", "Payload": payload}).encode()
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.stopped = False
-
-    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with open_redis(url) as client, client.pubsub(channels=["ai_events"]) as ps:
-            started = False
-            while not self.stopped:
-                message = await ps.get_message(timeout=0.05)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe" and not started:
-                    started = True
-                    task_status.started()
-                elif message["type"] == "message":
-                    self.ids.append(json.loads(message["data"])["payload"]["task_id"])
-
-    async def wait_for(self, n: int, timeout: float) -> None:
-        with trio.fail_after(timeout):
-            while len(self.ids) < n:
-                await trio.sleep(0.002)
-
-
 async def push(url: str, raws: list[bytes]) -> None:
     async with open_redis(url) as client:
         for start in range(0, len(raws), 500):
@@ -83,7 +59,7 @@ async def flush(url: str) -> None:
 async def throughput(url: str, workers: int, concurrency: int = 1) -> float:
     """Tasks/s for one batch of digit tasks, after a warm-up, with ``workers`` processes."""
     await flush(url)
-    counter = Counter()
+    counter = EventsRecorder()
     cfg = RedisQueueConfig(redis_url=url, workers=workers, threads=1, vad_enabled=False, concurrency=concurrency)
     async with trio.open_nursery() as outer:
         await outer.start(counter.run, url)
@@ -98,7 +74,7 @@ async def throughput(url: str, workers: int, concurrency: int = 1) -> float:
             await push(url, raws)
             await counter.wait_for(warm + THROUGHPUT_TASKS, 120)
             took = time.perf_counter() - start
-        counter.stopped = True
+        counter.stop()
     return THROUGHPUT_TASKS / took
 
 
@@ -106,7 +82,7 @@ async def kill_run(url: str) -> dict[str, Any]:
     """Two workers on VAD tasks; SIGKILL one after 30 events; count what comes back."""
     await flush(url)
     audio = np.random.default_rng(0).normal(0, 3000, 16000 * 5).astype("<i2").tobytes()
-    counter = Counter()
+    counter = EventsRecorder()
     cfg = RedisQueueConfig(redis_url=url, workers=2, threads=1, visibility_timeout=30.0)
     async with trio.open_nursery() as outer:
         await outer.start(counter.run, url)
@@ -123,13 +99,14 @@ async def kill_run(url: str) -> dict[str, Any]:
                 pass
             await trio.sleep(1.5)  # time for any duplicate to show
             restarts = (await ref.ask("status"))["restarts"]
-        counter.stopped = True
+        counter.stop()
     async with open_redis(url) as client:
         left = sum([int(await client.llen(k)) for k in (*QUEUES, "processing_queue")])
-    unique = set(counter.ids)
+    ids = [event["payload"]["task_id"] for event in counter.items]
+    unique = set(ids)
     return {
         "lost": KILL_TASKS - len(unique),
-        "duplicated": len(counter.ids) - len(unique),
+        "duplicated": len(ids) - len(unique),
         "in_flight_at_kill": in_flight,
         "restarts": restarts,
         "left_in_queues": left,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from switchyard import open_system
 from switchyard.apps.models import digits_heldout
 from switchyard.services.inference.redis_queue import QUEUES, QueueWorker, open_redis
-from switchyard.services.inference.redis_server import RedisUnavailable, local_redis, redis_server_path
+from switchyard.services.inference.redis_server import EventsRecorder, RedisUnavailable, local_redis, redis_server_path
 from switchyard.services.inference.redis_tasks import PoisonTask, parse_task, snake, with_retry
 from switchyard.services.inference.redis_worker import RedisQueueActor, RedisQueueConfig, serve_queue
 from switchyard.testing.inference import bundled_digit_predictions
@@ -72,44 +72,9 @@ def vad_task(task_id: str, audio: bytes, rate: str = "16000") -> bytes:
     ).encode()
 
 
-class Events:
-    """Every message on ``ai_events``, from a real SUBSCRIBE started before any task is pushed."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.changed = trio.Event()
-        self.stopped = False
-
-    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Polls and leaves the pubsub context normally: cancelling a coredis pubsub
-        # mid-read can make its cleanup write to a closed stream.
-        async with open_redis(url) as client, client.pubsub(channels=["ai_events"]) as ps:
-            started = False
-            while not self.stopped:
-                message = await ps.get_message(timeout=0.05)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe" and not started:
-                    started = True
-                    task_status.started()
-                elif message["type"] == "message":
-                    self.items.append(json.loads(message["data"]))
-                    self.changed.set()
-                    self.changed = trio.Event()
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    async def wait_for(self, n: int, timeout: float) -> list[dict[str, Any]]:
-        with trio.fail_after(timeout):
-            while len(self.items) < n:
-                await self.changed.wait()
-        return self.items
-
-
 @asynccontextmanager
-async def subscribed(url: str) -> AsyncIterator[Events]:
-    events = Events()
+async def subscribed(url: str) -> AsyncIterator[EventsRecorder]:
+    events = EventsRecorder()
     async with trio.open_nursery() as nursery:
         await nursery.start(events.run, url)
         try:

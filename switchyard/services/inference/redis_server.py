@@ -8,18 +8,20 @@ AOF persistence as the meeting system runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
 from switchyard.services.inference.redis_queue import open_redis
 
-__all__ = ["RedisUnavailable", "local_redis", "redis_server_path"]
+__all__ = ["EventsRecorder", "RedisUnavailable", "local_redis", "redis_server_path"]
 
 
 class RedisUnavailable(RuntimeError):
@@ -81,3 +83,42 @@ async def local_redis(*, appendonly: bool = False, start_timeout: float = 10.0) 
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+
+
+class EventsRecorder:
+    """Records every message on ``ai_events`` through a real SUBSCRIBE (for tests and benchmarks).
+
+    Start :meth:`run` with ``nursery.start`` before pushing tasks (it reports started once
+    subscribed), :meth:`wait_for` a count, then :meth:`stop`.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.changed = trio.Event()
+        self.stopped = False
+
+    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Polls and leaves the pubsub context normally: cancelling a coredis pubsub
+        # mid-read can make its cleanup write to a closed stream.
+        async with open_redis(url) as client, client.pubsub(channels=["ai_events"]) as ps:
+            started = False
+            while not self.stopped:
+                message = await ps.get_message(timeout=0.05)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe" and not started:
+                    started = True
+                    task_status.started()
+                elif message["type"] == "message" and isinstance(message["data"], str | bytes):
+                    self.items.append(json.loads(message["data"]))
+                    self.changed.set()
+                    self.changed = trio.Event()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    async def wait_for(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        with trio.fail_after(timeout):
+            while len(self.items) < n:
+                await self.changed.wait()
+        return self.items
