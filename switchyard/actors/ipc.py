@@ -35,6 +35,7 @@ from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE
 from switchyard.remote import ERROR_CODES, open_remote_system
 from switchyard.runtime import Actor, ActorError, ActorNotFound
 from switchyard.runtime.ref import DEFAULT_ASK_TIMEOUT
+from switchyard.runtime.stats import timed
 from switchyard.transports.ipc.errors import ReplyError
 from switchyard.transports.ipc.server import SocketServer
 
@@ -75,8 +76,9 @@ class IpcServerActor(Actor):
             grace_period=cfg.grace_period,
             logger=self.log,
         )
-        self.server.register_handler("actor.tell", self._tell)
-        self.server.register_handler("actor.ask", self._ask)
+        observe = self.system.metrics.request_observer(self.name, "ipc")
+        self.server.register_handler("actor.tell", timed(self._tell, observe))
+        self.server.register_handler("actor.ask", timed(self._ask, observe))
         self.server.register_handler("actor.stream", self._stream)
         self.server.register_handler("actor.names", lambda _: self._exposed())
         self.address = await self.nursery.start(self.server.serve)

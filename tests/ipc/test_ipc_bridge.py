@@ -176,3 +176,15 @@ def test_an_actor_in_another_process(tmp_path: Path) -> None:
         proc.wait(timeout=20)
     assert proc.returncode == 0
     assert not sock.exists()  # removed on the way out
+
+
+async def test_each_remote_ask_lands_in_the_ipc_latency_histogram(tmp_path: Path) -> None:
+    path = str(tmp_path / "bridge.sock")
+    async with open_system(name="served") as system:
+        await start_exposing(system, path)
+        async with open_remote_system(path, account_id="bridge", **FAST) as remote:
+            counter = remote.lookup("counter")
+            for _ in range(3):
+                await counter.ask(1)
+        text = system.metrics.render().decode()
+    assert 'switchyard_request_seconds_count{actor="ipc",bridge="ipc"} 3.0' in text

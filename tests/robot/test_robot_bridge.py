@@ -327,3 +327,19 @@ async def test_default_project_without_start(tmp_path: Path) -> None:
     assert out["move"]["data"]["position"]["x"] == 1.0
     assert set(out["result"]) == {"count", "object", "confidence", "timestamp"}
     assert out["status"]["data"]["recognition_running"] is True
+
+
+async def test_each_event_lands_in_the_socketio_latency_histogram(tmp_path: Path) -> None:
+    async with open_robot_app(tmp_path / "storage") as (system, port):
+
+        def run() -> None:
+            c = Client(port)
+            try:
+                for _ in range(3):
+                    assert c.sio.call("echo", {"x": 1}, timeout=10) == {"x": 1}
+            finally:
+                c.sio.disconnect()
+
+        await trio.to_thread.run_sync(run)
+        text = system.metrics.render().decode()
+    assert 'switchyard_request_seconds_count{actor="socketio_bridge",bridge="socketio"} 3.0' in text

@@ -28,6 +28,7 @@ import trio
 
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
 from switchyard.runtime.config import port as valid_port
+from switchyard.runtime.stats import timed
 from switchyard.services.robot.messages import Push, RobotRequest, ack
 from switchyard.transports.http_server import HttpLimits
 from switchyard.transports.socketio_engine import EngineConfig, SessionEnded
@@ -131,6 +132,8 @@ class SocketIOBridgeActor(Actor):
     mailbox_capacity = 256
 
     async def on_start(self) -> None:
+        # each event's handling time goes to the request latency histogram
+        self._timed_event = timed(self._on_event, self.system.metrics.request_observer(self.name, "socketio"))
         self.server = SocketIOServer(self, self.config.server_config(), logger=self.log)
         self.port = await self.nursery.start(self.server.serve)
 
@@ -139,6 +142,9 @@ class SocketIOBridgeActor(Actor):
         return None
 
     async def on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any:
+        return await self._timed_event(client, name, args)
+
+    async def _on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any:
         payload = args[0] if args else None
         if name == "echo":
             return args
