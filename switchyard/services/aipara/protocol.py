@@ -37,6 +37,22 @@ import attrs
 
 from switchyard.protocols.codec import CodecError, json_codec
 
+# the client commands live in their own module; re-exported here
+from switchyard.services.aipara.commands import (
+    COMMAND_KINDS,
+    ClipboardData,
+    CommandError,
+    OutboxCommand,
+    PasteExecuted,
+    PasteFailed,
+    Ping,
+    SetConfig,
+    SetOption,
+    SetProperty,
+    command_from_dict,
+    command_to_wire,
+)
+
 __all__ = [
     "COMMAND_KINDS",
     "COMMAND_MESSEGE",
@@ -644,20 +660,3 @@ def ai_error_reply(bad: AiBadRequest) -> dict[str, Any]:
         "error_msg": bad.reason,
         "data": {"message": bad.reason},
     }
-
-
-# Commands queued for a client live in their own module; re-exported here.
-from switchyard.services.aipara.commands import (  # noqa: E402
-    COMMAND_KINDS,
-    ClipboardData,
-    CommandError,
-    OutboxCommand,
-    PasteExecuted,
-    PasteFailed,
-    Ping,
-    SetConfig,
-    SetOption,
-    SetProperty,
-    command_from_dict,
-    command_to_wire,
-)
