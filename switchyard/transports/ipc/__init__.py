@@ -2,7 +2,8 @@
 
 The pieces live in their own modules: :mod:`~switchyard.transports.ipc.server`,
 :mod:`~switchyard.transports.ipc.server_connection` (one client connection),
-:mod:`~switchyard.transports.ipc.client`, :mod:`~switchyard.transports.ipc.stream`,
+:mod:`~switchyard.transports.ipc.client`, :mod:`~switchyard.transports.ipc.client_connection`
+(one client connection), :mod:`~switchyard.transports.ipc.backoff`, :mod:`~switchyard.transports.ipc.stream`,
 :mod:`~switchyard.transports.ipc.connection`, :mod:`~switchyard.transports.ipc.address`
 and :mod:`~switchyard.transports.ipc.errors`; the wire format is
 :mod:`switchyard.protocols.ipc` and :mod:`switchyard.protocols.ipc_framing`.

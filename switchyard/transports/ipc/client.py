@@ -44,12 +44,10 @@ What a caller may rely on:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import logging
 import math
-import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -59,59 +57,18 @@ from typing import Any
 import trio
 
 from switchyard.protocols.codec import get_codec
-from switchyard.protocols.ipc import ERR_UNKNOWN_METHOD, IpcProtocolError, Kind, Message
+from switchyard.protocols.ipc import Kind, Message
 from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from switchyard.transports.ipc.address import IpcAddress, connect_stream, parse_address, socket_path_for
-from switchyard.transports.ipc.connection import FramedConnection
+from switchyard.transports.ipc.address import IpcAddress, parse_address, socket_path_for
+from switchyard.transports.ipc.backoff import Backoff
+from switchyard.transports.ipc.client_connection import ClientConnection, HandshakeFailed, open_connection
 from switchyard.transports.ipc.deadlines import Deadlines, Pending
-from switchyard.transports.ipc.errors import ConnectionLost, NotConnected, RemoteError, RequestTimeout
+from switchyard.transports.ipc.errors import ConnectionLost, NotConnected, RequestTimeout
 from switchyard.transports.ipc.stream import IpcStream
 
 __all__ = ["Backoff", "IpcStream", "SocketClient", "open_ipc_client"]
 
 PushHandler = Callable[[str, Any], Any]
-
-
-class Backoff:
-    """Reconnect delays: ``initial`` x ``multiplier`` per failure, capped, with jitter."""
-
-    def __init__(
-        self,
-        initial: float = 0.5,
-        multiplier: float = 1.5,
-        maximum: float = 15.0,
-        jitter: float = 0.1,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if initial < 0 or multiplier < 1 or maximum < initial or not 0 <= jitter < 1:
-            raise ValueError("need 0 <= initial <= maximum, multiplier >= 1, 0 <= jitter < 1")
-        self.initial, self.multiplier, self.maximum, self.jitter = initial, multiplier, maximum, jitter
-        self._rng = rng
-        self._current = initial
-
-    def next(self) -> float:
-        """The next delay (seconds); each call grows the base delay."""
-        base = min(self._current, self.maximum)
-        self._current = min(self._current * self.multiplier, self.maximum)
-        return min(self.maximum, base * (1 + self.jitter * (2 * self._rng() - 1)))
-
-    def reset(self) -> None:
-        self._current = self.initial
-
-
-class _HandshakeFailed(Exception):
-    pass
-
-
-class _Conn:
-    """One live connection of the client and what is in flight on it."""
-
-    def __init__(self, framed: FramedConnection, conn_id: str) -> None:
-        self.framed = framed
-        self.conn_id = conn_id
-        self.pending: dict[str, Pending] = {}
-        self.streams: dict[str, IpcStream] = {}
-        self.drop_reason: str | None = None
 
 
 class SocketClient:
@@ -173,7 +130,7 @@ class SocketClient:
         self._on_disconnect: Callable[[], Any] | None = None
         self._push_send, self._push_receive = trio.open_memory_channel[tuple[str, Any]](push_queue_size)
 
-        self._conn: _Conn | None = None
+        self._conn: ClientConnection | None = None
         self._changed = trio.Event()
         self._managing = False
         self._manager_scope: trio.CancelScope | None = None
@@ -309,8 +266,15 @@ class SocketClient:
             with trio.CancelScope() as self._manager_scope:
                 while not self._closing:
                     try:
-                        conn = await self._open()
-                    except (OSError, trio.TooSlowError, _HandshakeFailed) as exc:
+                        conn = await open_connection(
+                            self,
+                            self.address,
+                            codec=self._codec,
+                            max_frame_size=self.max_frame_size,
+                            connect_timeout=self.connect_timeout,
+                            hello=self._hello(),
+                        )
+                    except (OSError, trio.TooSlowError, HandshakeFailed) as exc:
                         failures += 1
                         self._stats["failed_connects"] += 1
                         limit = max_retries if first else self.max_reconnect_attempts
@@ -350,66 +314,29 @@ class SocketClient:
                 self._drop(self._conn, self._conn.drop_reason or "client closed")
             self._notify()
 
-    async def _open(self) -> _Conn:
-        with trio.fail_after(self.connect_timeout):
-            stream = await connect_stream(self.address)
-            framed = FramedConnection(
-                stream, codec=self._codec, max_frame_size=self.max_frame_size, label=str(self.address)
-            )
-            try:
-                conn_id = await self._handshake(framed)
-            except BaseException:
-                framed.close()
-                raise
-        return _Conn(framed, conn_id)
-
-    async def _handshake(self, framed: FramedConnection) -> str:
-        """Send ``ipc.hello`` and read its answer before anything else runs on the stream."""
-        hello = Message.request(
+    def _hello(self) -> Message:
+        return Message.request(
             f"{self._id_prefix}-hello-{next(self._ids)}",
             "ipc.hello",
             {"account_id": self.account_id, "client": "switchyard", "codec": self._codec.name},
         )
-        await framed.send(hello)
-        while True:
-            data = await framed.stream.receive_some(1 << 16)
-            if not data:
-                raise _HandshakeFailed("server closed the connection during the handshake")
-            framed.reader.receive_data(data)
-            try:
-                message = framed.reader.next_message()
-            except IpcProtocolError as exc:
-                raise _HandshakeFailed(f"bad handshake answer: {exc}") from None
-            if message is None:
-                continue
-            if message.id != hello.id:
-                detail = message.data.get("message") if isinstance(message.data, dict) else message.data
-                raise _HandshakeFailed(f"server answered {message.kind.value} before the handshake: {detail}")
-            if message.kind is Kind.RESPONSE:
-                return str(message.data.get("conn_id", "")) if isinstance(message.data, dict) else ""
-            code = message.data.get("code") if isinstance(message.data, dict) else None
-            if message.kind is Kind.ERROR and code == ERR_UNKNOWN_METHOD:
-                return ""  # a peer without handshakes: fine, nothing to check
-            raise _HandshakeFailed(f"server refused the handshake: {message.data}")
 
-    async def _run(self, conn: _Conn) -> str:
+    async def _run(self, conn: ClientConnection) -> str:
         async with trio.open_nursery() as nursery:
             if self.heartbeat_interval:
                 nursery.start_soon(self._keepalive, conn)
-            reason = await conn.framed.read_loop(
-                functools.partial(self._on_message, conn), functools.partial(self._on_bad, conn)
-            )
+            reason = await conn.framed.read_loop(conn.on_message, conn.on_bad)
             nursery.cancel_scope.cancel()
         return conn.drop_reason or reason
 
-    async def _keepalive(self, conn: _Conn) -> None:
+    async def _keepalive(self, conn: ClientConnection) -> None:
         reason = await conn.framed.keepalive(self.heartbeat_interval, self.heartbeat_timeout)
         if reason != "closed":
             self.log.warning("dropping connection to %s: %s", self.address, reason)
             conn.drop_reason = reason
         conn.framed.close()
 
-    def _drop(self, conn: _Conn, reason: str) -> None:
+    def _drop(self, conn: ClientConnection, reason: str) -> None:
         """Forget ``conn`` and fail everything in flight on it."""
         conn.framed.close()
         if self._conn is conn:
@@ -437,67 +364,7 @@ class SocketClient:
             self._stats["errors"] += 1
             self.log.exception("%s failed", what)
 
-    # -- incoming -------------------------------------------------------------
-    async def _on_message(self, conn: _Conn, message: Message) -> None:
-        kind = message.kind
-        if kind is Kind.RESPONSE or kind is Kind.ERROR:
-            pending = conn.pending.pop(message.id, None)
-            if pending is not None:
-                if kind is Kind.RESPONSE:
-                    pending.value = message.data
-                else:
-                    pending.error = self._remote_error(pending.method, message)
-                pending.event.set()
-                return
-            stream = conn.streams.pop(message.id, None)
-            if stream is not None:
-                stream._finish(None if kind is Kind.RESPONSE else self._remote_error(stream.method, message))
-                return
-            if message.id.startswith(self._id_prefix):
-                self.log.debug("answer to an abandoned request (id %r) dropped", message.id)
-            else:
-                self._stats["errors"] += 1
-                self.log.warning("server reported an error (id %r): %s", message.id, message.data)
-        elif kind is Kind.PUSH:
-            stream = conn.streams.get(message.id) if message.id else None
-            if stream is not None:
-                if not stream._deliver(message.data):
-                    conn.streams.pop(message.id, None)
-                    await self._send_cancel(conn, message.id)
-                return
-            self._stats["pushes"] += 1
-            try:
-                self._push_send.send_nowait((message.method, message.data))
-            except trio.WouldBlock:
-                # Push handlers are behind: stop reading until they catch up. The
-                # silence is ours, so the heartbeat must not blame the server.
-                conn.framed.paused = True
-                try:
-                    await self._push_send.send((message.method, message.data))
-                finally:
-                    conn.framed.paused = False
-        elif kind is Kind.HEARTBEAT:
-            try:
-                await conn.framed.answer_heartbeat(message)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        else:  # a request: clients serve none
-            try:
-                await conn.framed.send(
-                    message.reply_error(ERR_UNKNOWN_METHOD, "this peer is a client and serves no requests")
-                )
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-    def _remote_error(self, method: str, message: Message) -> RemoteError:
-        self._stats["remote_errors"] += 1
-        data = message.data if isinstance(message.data, dict) else {}
-        return RemoteError(method, str(data.get("code", "error")), str(data.get("message", message.data)))
-
-    async def _on_bad(self, conn: _Conn, exc: IpcProtocolError) -> None:
-        self._stats["errors"] += 1
-        self.log.warning("server %s sent a bad message: %s", self.address, exc)
-
+    # -- pushes ---------------------------------------------------------------
     async def _dispatch_pushes(self) -> None:
         async with self._push_receive:
             async for push_type, data in self._push_receive:
@@ -514,7 +381,7 @@ class SocketClient:
                     self.log.exception("push handler for %r failed", push_type)
 
     # -- requests -------------------------------------------------------------
-    async def _connection(self) -> _Conn:
+    async def _connection(self) -> ClientConnection:
         """The live connection, waiting for a reconnect if one is coming."""
         while True:
             conn = self._conn
@@ -602,7 +469,7 @@ class SocketClient:
         """
         return IpcStream(self, method, data)
 
-    async def _send_cancel(self, conn: _Conn, id: str) -> None:
+    async def _send_cancel(self, conn: ClientConnection, id: str) -> None:
         """Best effort: tell the server to stop working on ``id``."""
         with trio.move_on_after(1.0):
             try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from switchyard.transports.ipc.client import _Conn
+    from switchyard.transports.ipc.client_connection import ClientConnection
 
 __all__ = ["Deadlines", "Pending"]
 
@@ -21,7 +21,7 @@ class Pending:
 
     __slots__ = ("conn", "deadline", "error", "event", "id", "method", "timeout", "value")
 
-    def __init__(self, method: str, id: str, conn: _Conn, timeout: float, deadline: float) -> None:
+    def __init__(self, method: str, id: str, conn: ClientConnection, timeout: float, deadline: float) -> None:
         self.method = method
         self.id = id
         self.conn = conn

@@ -11,7 +11,8 @@ from switchyard.protocols.ipc import Message
 from switchyard.transports.ipc.errors import ConnectionLost, RemoteError, RequestTimeout
 
 if TYPE_CHECKING:
-    from switchyard.transports.ipc.client import SocketClient, _Conn
+    from switchyard.transports.ipc.client import SocketClient
+    from switchyard.transports.ipc.client_connection import ClientConnection
 
 __all__ = ["IpcStream"]
 
@@ -25,7 +26,7 @@ class IpcStream:
         self._data = data
         self._window = client.stream_window
         self._send, self._receive = trio.open_memory_channel[Any](self._window)
-        self._conn: _Conn | None = None
+        self._conn: ClientConnection | None = None
         self._id = ""
         self._error: BaseException | None = None
         self._done = False
