@@ -29,6 +29,7 @@ from switchyard.services.aipara.backends.base import BackendError, ConvertSink, 
 from switchyard.services.aipara.backends.decoder import ConversionInterrupted, Decoder, DecoderConfig, Decoding
 from switchyard.services.aipara.backends.lattice import normalize
 from switchyard.services.aipara.backends.lexicon import load_lexicon
+from switchyard.services.aipara.backends.word_lm import shared_word_bigram
 from switchyard.services.aipara.protocol import AiCandidate, ChatRequest, ConvertRequest
 
 __all__ = ["LocalBackend", "LocalBackendConfig", "open_local_backend", "shared_decoder"]
@@ -62,20 +63,23 @@ class LocalBackendConfig:
             log.warning("[local] hmm / hmm_beam are deprecated and ignored: the decoder has no HMM pass")
 
 
-_decoders: dict[DecoderConfig, Decoder] = {}
+_decoders: dict[DecoderConfig | None, Decoder] = {}
 _decoders_lock = threading.Lock()
 
 
-def shared_decoder(config: DecoderConfig | None = None) -> Decoder:
+def shared_decoder(config: DecoderConfig | None = None, *, beam: int | None = None) -> Decoder:
     """A decoder over the process-wide lexicon (loading takes ~0.7 s from the cache,
     ~12 s the first time on a machine; see docs/aipara.md). Blocking and thread-safe:
-    call it from a worker thread."""
-    config = config or DecoderConfig()
+    call it from a worker thread. ``beam`` alone picks the default knobs for the data
+    present (with or without the word bigram)."""
     lexicon = load_lexicon()
+    word_lm, fingerprint = shared_word_bigram()
+    if config is None and beam is not None:
+        config = DecoderConfig(beam=beam) if word_lm is not None else DecoderConfig.without_word_lm(beam=beam)
     with _decoders_lock:
         decoder = _decoders.get(config)
         if decoder is None:
-            decoder = _decoders[config] = Decoder(lexicon, config)
+            decoder = _decoders[config] = Decoder(lexicon, config, word_lm, word_lm_fingerprint=fingerprint)
         return decoder
 
 
@@ -129,5 +133,5 @@ class LocalBackend:
 async def open_local_backend(config: LocalBackendConfig | None = None) -> AsyncIterator[LocalBackend]:
     """Load (or reuse) the decoder's data off the event loop and yield the backend."""
     config = config or LocalBackendConfig()
-    decoder = await trio.to_thread.run_sync(shared_decoder, DecoderConfig(beam=config.beam))
+    decoder = await trio.to_thread.run_sync(partial(shared_decoder, beam=config.beam))
     yield LocalBackend(config, decoder, trio.CapacityLimiter(config.threads))
