@@ -250,8 +250,7 @@ class SocketClient:
         if self._manager_scope is not None:
             self._manager_scope.cancel()
         if self._conn is not None:
-            self._conn.drop_reason = reason
-            self._conn.framed.close()
+            self._conn.end(reason)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -325,7 +324,7 @@ class SocketClient:
         async with trio.open_nursery() as nursery:
             if self.heartbeat_interval:
                 nursery.start_soon(self._keepalive, conn)
-            reason = await conn.framed.read_loop(conn.on_message, conn.on_bad)
+            reason = await conn.run()
             nursery.cancel_scope.cancel()
         return conn.drop_reason or reason
 
@@ -333,12 +332,11 @@ class SocketClient:
         reason = await conn.framed.keepalive(self.heartbeat_interval, self.heartbeat_timeout)
         if reason != "closed":
             self.log.warning("dropping connection to %s: %s", self.address, reason)
-            conn.drop_reason = reason
-        conn.framed.close()
+        conn.end(reason)
 
     def _drop(self, conn: ClientConnection, reason: str) -> None:
         """Forget ``conn`` and fail everything in flight on it."""
-        conn.framed.close()
+        conn.end(reason)
         if self._conn is conn:
             self._conn = None
             self._stats["disconnects"] += 1
@@ -427,7 +425,7 @@ class SocketClient:
         if timeout is not None:
             self._deadlines.add(pending)
         try:
-            await pending.event.wait()
+            await conn.wait_answer(pending)
         except BaseException:  # cancelled by our caller: tell the server not to bother
             if conn.pending.pop(id, None) is not None and self._nursery is not None:
                 self._nursery.start_soon(self._send_cancel, conn, id)
@@ -447,6 +445,7 @@ class SocketClient:
         if conn.pending.pop(pending.id, None) is not None and self._nursery is not None:
             self._nursery.start_soon(self._send_cancel, conn, pending.id)
         pending.fail(RequestTimeout(pending.method, pending.timeout))
+        conn.interrupt(pending)
 
     async def notify(self, method: str, data: Any = None, timeout: float | None = None) -> None:
         """Send a ``push`` to the server: its handler runs, nothing is answered."""

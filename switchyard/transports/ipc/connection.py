@@ -206,9 +206,13 @@ class FramedConnection:
         if message.is_ping:
             await self.send(message.pong())
         else:
-            event = self._pings.get(message.id)
-            if event is not None:
-                event.set()
+            self.pong_received(message)
+
+    def pong_received(self, message: Message) -> None:
+        """Wake whoever waits for this pong (:meth:`ping`), if anyone."""
+        event = self._pings.get(message.id)
+        if event is not None:
+            event.set()
 
     async def ping(self, timeout: float) -> float | None:
         """Round-trip time of one heartbeat, or ``None`` if no pong came within ``timeout``."""

@@ -17,9 +17,14 @@ __all__ = ["Deadlines", "Pending"]
 
 
 class Pending:
-    """One request waiting for its answer: set :attr:`value` or :meth:`fail` it, then :attr:`event` fires."""
+    """One request waiting for its answer.
 
-    __slots__ = ("conn", "deadline", "error", "event", "id", "method", "timeout", "value")
+    :meth:`finish` or :meth:`fail` settles it once (later calls are ignored) and wakes
+    the caller if it is parked in :meth:`park`. No event or closure is made per
+    request: the caller's task itself is parked and rescheduled.
+    """
+
+    __slots__ = ("conn", "deadline", "done", "error", "id", "method", "task", "timeout", "value")
 
     def __init__(self, method: str, id: str, conn: ClientConnection, timeout: float, deadline: float) -> None:
         self.method = method
@@ -27,14 +32,42 @@ class Pending:
         self.conn = conn
         self.timeout = timeout
         self.deadline = deadline
-        self.event = trio.Event()
+        self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        #: The caller's task while it is parked in :meth:`park`.
+        self.task: trio.lowlevel.Task | None = None
+
+    def finish(self, value: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.value = value
+            self.wake()
 
     def fail(self, error: BaseException) -> None:
-        if not self.event.is_set():
+        if not self.done:
+            self.done = True
             self.error = error
-            self.event.set()
+            self.wake()
+
+    def wake(self) -> None:
+        """Reschedule the parked caller (it re-checks what it waits for); no-op if not parked."""
+        task = self.task
+        if task is not None:
+            self.task = None
+            self.conn.parked -= 1
+            trio.lowlevel.reschedule(task)
+
+    async def park(self) -> None:
+        """Sleep until :meth:`wake` (or a cancel); the caller re-checks its condition after."""
+        self.task = trio.lowlevel.current_task()
+        self.conn.parked += 1
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self.task = None
+        self.conn.parked -= 1
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Deadlines:
@@ -61,7 +94,7 @@ class Deadlines:
 
     def collect(self) -> None:
         heap = self._heap
-        while heap and heap[0][2].event.is_set():
+        while heap and heap[0][2].done:
             heapq.heappop(heap)
 
     async def run(self) -> None:
@@ -70,7 +103,7 @@ class Deadlines:
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
                 await trio.sleep_forever()
             now = trio.current_time()
-            while heap and (heap[0][2].event.is_set() or heap[0][0] <= now):
+            while heap and (heap[0][2].done or heap[0][0] <= now):
                 _, _, pending = heapq.heappop(heap)
-                if not pending.event.is_set():
+                if not pending.done:
                     self._on_expired(pending)
