@@ -26,7 +26,7 @@ import zmq
 from hypothesis import strategies as st
 
 from switchyard.protocols.codec import json_codec
-from switchyard.services.aipara.protocol import (
+from switchyard.services.aipara.commands import (
     ClipboardData,
     OutboxCommand,
     PasteExecuted,

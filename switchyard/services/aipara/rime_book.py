@@ -8,7 +8,7 @@ What a caller may rely on:
 
 * Every request gets exactly one reply dict from :meth:`RimeStateBook.handle`.
 * A good request updates that client's state and drains its whole outbox into the
-  reply's ``command_messege``, oldest first. A :class:`~switchyard.services.aipara.protocol.BadRequest`
+  reply's ``command_messege``, oldest first. A :class:`~switchyard.services.aipara.rime_messages.BadRequest`
   changes nothing: no state update, no drain (the queued commands wait for the next
   good request).
 * Each queued command appears in exactly one reply, in queue order, for the client
@@ -29,16 +29,15 @@ from typing import Any
 
 import attrs
 
-from switchyard.services.aipara.protocol import (
+from switchyard.services.aipara.commands import OutboxCommand, command_to_wire
+from switchyard.services.aipara.rime_messages import (
     BadRequest,
     ClientCommand,
-    OutboxCommand,
     Pong,
     RimeRequest,
     StateReport,
     SwitchOption,
     command_response,
-    command_to_wire,
     error_response,
     response_name,
 )
