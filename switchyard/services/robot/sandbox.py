@@ -30,26 +30,60 @@ what it started. What a caller may rely on:
 
 Blocking helpers (:meth:`Sandbox.prepare_project`, :func:`count_tasks`) are meant for
 ``trio.to_thread``.
+
+This module holds :func:`prepare` and :class:`Sandbox` (building and signalling the
+child's command); the settings and value types live in
+:mod:`~switchyard.services.robot.sandbox_config`, the host probes in
+:mod:`~switchyard.services.robot.sandbox_host`. Every name is re-exported here.
 """
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import shutil
 import signal
 import stat
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 import trio
 
-from switchyard.runtime.errors import ConfigError
+from switchyard.services.robot.sandbox_config import (
+    DEFAULT_PATH as DEFAULT_PATH,
+)
+from switchyard.services.robot.sandbox_config import (
+    INSIDE_CHILD,
+    INSIDE_IPC,
+    INSIDE_PROJECT,
+    SANDBOX_MODES,
+    SYSTEM_PATHS,
+    Identity,
+    Launch,
+    Limits,
+    SandboxSettings,
+    SandboxUnavailable,
+    clean_env,
+)
+from switchyard.services.robot.sandbox_config import (
+    INSIDE_RUN as INSIDE_RUN,
+)
+from switchyard.services.robot.sandbox_config import (
+    SandboxMode as SandboxMode,
+)
+from switchyard.services.robot.sandbox_host import (
+    PROBE_TIMEOUT as PROBE_TIMEOUT,
+)
+from switchyard.services.robot.sandbox_host import (
+    _covered,
+    _discover,
+    _Interpreter,
+    _probe_bwrap,
+    _reachable,
+    _resolve_identity,
+    count_tasks,
+)
 
 __all__ = [
     "INSIDE_CHILD",
@@ -68,217 +102,7 @@ __all__ = [
     "prepare",
 ]
 
-SandboxMode = Literal["auto", "required", "off"]
-SANDBOX_MODES: tuple[str, ...] = ("auto", "required", "off")
-#: Host directories the sandbox sees read-only (symlinks, as on merged-/usr systems,
-#: are recreated as symlinks).
-SYSTEM_PATHS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-INSIDE_PROJECT = "/project"
-INSIDE_RUN = "/run/switchyard"
-INSIDE_IPC = f"{INSIDE_RUN}/ipc"
-INSIDE_CHILD = f"{INSIDE_RUN}/child.py"
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-PROBE_TIMEOUT = 20.0
 LAUNCHER_SCRIPT = str(Path(__file__).with_name("launcher.py"))
-
-_DISCOVER = (
-    "import json, os, sys\n"
-    "import zmq\n"
-    "print(json.dumps({'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix],"
-    " 'executable': os.path.abspath(sys.executable), 'real': os.path.realpath(sys.executable),"
-    " 'zmq': os.path.dirname(os.path.dirname(os.path.abspath(zmq.__file__)))}))\n"
-)
-
-
-class SandboxUnavailable(ConfigError):
-    """The configured confinement cannot be provided; the message is one line for the operator."""
-
-
-@attrs.frozen
-class Limits:
-    """Resource limits for user code; 0 means no limit (the inherited one stays)."""
-
-    memory_bytes: int = 2 * 1024**3  # RLIMIT_AS
-    processes: int = 256  # RLIMIT_NPROC, tasks beyond those the uid already runs
-    open_files: int = 1024  # RLIMIT_NOFILE
-    file_bytes: int = 1024**3  # RLIMIT_FSIZE, per file written
-    cpu_seconds: int = 0  # RLIMIT_CPU
-    tmp_bytes: int = 256 * 1024**2  # size of the private /tmp and /dev/shm (bubblewrap only)
-
-    def rlimits(self, existing_tasks: int = 0) -> dict[str, int]:
-        """The ``{name: value}`` child.py applies as soft = hard limits.
-
-        ``RLIMIT_NPROC`` counts every task (process or thread) of the real uid on the
-        host, so the value is ``existing_tasks + processes``.
-        """
-        out = {
-            "AS": self.memory_bytes,
-            "NPROC": existing_tasks + self.processes if self.processes else 0,
-            "NOFILE": self.open_files,
-            "FSIZE": self.file_bytes,
-            "CPU": self.cpu_seconds,
-        }
-        return {name: value for name, value in out.items() if value > 0}
-
-
-@attrs.frozen
-class SandboxSettings:
-    """What the manifest asks for (see docs/robot.md, "Security model")."""
-
-    mode: SandboxMode = "auto"
-    network: bool = True
-    user: str = "nobody"
-    groups: tuple[str, ...] = ()
-    limits: Limits = Limits()
-    env: Mapping[str, str] = attrs.field(factory=dict)
-    pass_env: tuple[str, ...] = ()
-    ro_paths: tuple[str, ...] = ()
-    devices: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class Identity:
-    """The unprivileged uid user code runs as (only when the server is root)."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
-    name: str = ""
-
-
-@attrs.frozen
-class Launch:
-    """How to start one child: ``trio.run_process(argv, env=env, cwd=cwd, **options)``."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    options: dict[str, Any]
-
-
-def clean_env(
-    server_env: Mapping[str, str], settings: SandboxSettings, *, home: str, python_bin: str
-) -> dict[str, str]:
-    """The child's whole environment: fixed entries, ``pass_env`` copies, ``env`` values."""
-    env = {
-        "PATH": f"{python_bin}:{DEFAULT_PATH}" if python_bin else DEFAULT_PATH,
-        "HOME": home,
-        "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",  # the project folder stays as uploaded
-    }
-    for name in settings.pass_env:
-        if name in server_env:
-            env[name] = server_env[name]
-    env.update(settings.env)
-    return env
-
-
-def count_tasks(uid: int) -> int:
-    """Tasks (threads included) whose real uid is ``uid``: what ``RLIMIT_NPROC`` counts."""
-    total = 0
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return 0
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status", "rb") as f:
-                text = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        real = threads = None
-        for line in text.splitlines():
-            if line.startswith("Uid:"):
-                real = int(line.split()[1])
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-        if real == uid:
-            total += threads or 1
-    return total
-
-
-def _resolve_identity(settings: SandboxSettings) -> Identity | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(settings.user) if not settings.user.isdigit() else pwd.getpwuid(int(settings.user))
-        uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
-    except KeyError:
-        if not settings.user.isdigit():
-            raise SandboxUnavailable(f"robot_worker: user {settings.user!r} does not exist") from None
-        uid = gid = int(settings.user)
-        name = settings.user
-    groups = []
-    for group in settings.groups:
-        try:
-            groups.append(int(group) if group.isdigit() else grp.getgrnam(group).gr_gid)
-        except KeyError:
-            raise SandboxUnavailable(f"robot_worker: group {group!r} does not exist") from None
-    return Identity(uid, gid, tuple(groups), name)
-
-
-def _covered(path: str, roots: Iterable[str]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
-
-
-def _reachable(path: str, ident: Identity, *, want: int) -> str | None:
-    """None if ``ident`` can reach ``path`` (search on each ancestor, ``want`` on it), else why."""
-    gids = {ident.gid, *ident.groups}
-    for target in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:  # the link and what it names
-        for current in (*reversed(target.parents), target):
-            try:
-                st = os.stat(current)
-            except OSError as exc:
-                return f"{current}: {exc.strerror}"
-            if not _allowed(st, ident.uid, gids, want if current == target else stat.S_IXUSR):
-                return f"{current} is mode {stat.S_IMODE(st.st_mode):04o} owned by uid {st.st_uid}"
-    return None
-
-
-def _allowed(st: os.stat_result, uid: int, gids: set[int], user_bits: int) -> bool:
-    mode = st.st_mode
-    if st.st_uid == uid:
-        return bool(mode & user_bits)
-    if st.st_gid in gids:
-        return bool(mode & (user_bits >> 3))
-    return bool(mode & (user_bits >> 6))
-
-
-@attrs.frozen
-class _Interpreter:
-    executable: str
-    bind: tuple[str, ...]  # host directories that must be visible read-only
-
-
-async def _discover(python: str, env: Mapping[str, str]) -> _Interpreter:
-    try:
-        done = await trio.run_process(
-            [python, "-s", "-P", "-c", _DISCOVER],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-        )
-    except OSError as exc:
-        raise SandboxUnavailable(f"robot_worker: cannot run the worker's python {python!r}: {exc}") from None
-    if done.returncode != 0:
-        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise SandboxUnavailable(f"robot_worker: the worker's python {python!r} cannot import zmq: {last}")
-    info = json.loads(done.stdout)
-    candidates = [*info["prefixes"], os.path.dirname(os.path.dirname(info["real"])), info["zmq"]]
-    system = [p for p in SYSTEM_PATHS if os.path.isdir(p)]
-    system_real = [os.path.realpath(p) for p in system]
-    bind: list[str] = []
-    for path in sorted({os.path.normpath(p) for p in candidates}, key=len):
-        if _covered(path, system) or _covered(os.path.realpath(path), system_real) or _covered(path, bind):
-            continue
-        bind.append(path)
-    return _Interpreter(info["executable"], tuple(bind))
 
 
 class Sandbox:
@@ -520,27 +344,6 @@ def _start_warning(settings: SandboxSettings, reason: str, identity: Identity | 
         f"robot_worker: filesystem confinement is OFF ({reason}): user code sees the host's files as {who}; "
         "resource limits, a clean environment, a new session and process-group kill still apply"
     )
-
-
-async def _probe_bwrap(bwrap: str, sandbox_args: list[str], identity: Identity | None, env: Mapping[str, str]) -> str:
-    """'' if bubblewrap runs a trivial sandbox with these namespaces, else why not."""
-    command = ["/bin/true"]
-    if identity is not None:
-        if shutil.which("setpriv") is None:
-            return "setpriv (util-linux) is not installed"
-        command = ["setpriv", f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups", "--", "true"]
-    argv = [bwrap, *sandbox_args, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", *command]
-    try:
-        with trio.fail_after(PROBE_TIMEOUT):
-            done = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False, env=dict(env), stdin=subprocess.DEVNULL
-            )
-    except (OSError, trio.TooSlowError) as exc:
-        return f"bubblewrap did not run: {exc}"
-    if done.returncode != 0:
-        text = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"bubblewrap failed: {text[-1] if text else f'exit code {done.returncode}'}"
-    return ""
 
 
 async def prepare(
