@@ -9,22 +9,26 @@ Inside the system the actor answers ``ask(message)`` with ``message`` unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
 from switchyard.protocols.codec import CodecError, json_codec
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as valid_endpoint
-from switchyard.runtime.config import positive
 from switchyard.runtime.stats import timed
-from switchyard.transports.zmq_bridges import EndpointConfig, ReqRepServer
+from switchyard.transports.zmq_bridges import LIMIT_KEYS_MOVED, EndpointConfig, EndpointLimits, ReqRepServer
 
 
 @attrs.frozen
 class EchoConfig:
+    """``[actor.config]`` of an ``echo`` actor."""
+
+    renamed_keys: ClassVar[dict[str, str]] = LIMIT_KEYS_MOVED
+
     endpoint: str = attrs.field(default="tcp://127.0.0.1:5590", validator=valid_endpoint)
-    max_message_size: int = attrs.field(default=1 << 20, validator=positive)
+    #: Limits: ``[actor.config.limits]`` (:class:`~switchyard.transports.zmq_bridges.EndpointLimits`).
+    limits: EndpointLimits = attrs.field(factory=EndpointLimits)
 
 
 class EchoActor(Actor):

@@ -30,6 +30,11 @@ Renamed or moved keys: list them in a class attribute ``renamed_keys`` (old dott
 key -> new dotted key, a ``ClassVar[dict[str, str]]``, e.g.
 ``{"ping_timeout": "engine.ping_timeout"}``); an old
 key still works and logs one deprecation warning line naming both.
+
+A nested table (a field whose type is an attrs class) names only the keys it
+changes: the others keep the field's own default, e.g. an actor's
+``limits = attrs.field(factory=lambda: EndpointLimits(max_message_size=65536))``
+keeps 65536 when the manifest sets only ``[actor.config.limits] sndhwm = 10``.
 """
 
 from __future__ import annotations
@@ -122,7 +127,9 @@ def build_config(cls: type[T], value: Any, *, where: str) -> T:
     return _structure(cls, value, where, path="")
 
 
-def _structure(cls: Any, data: Any, where: str, path: str) -> Any:
+def _structure(cls: Any, data: Any, where: str, path: str, base: Any = None) -> Any:
+    """``data`` as a ``cls``; keys it lacks come from ``base`` (an instance) if given,
+    else from the class defaults."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: {_label(path, 'config')} must be a table, got {_type_name(data)}")
     renamed = getattr(cls, "renamed_keys", None)
@@ -138,7 +145,19 @@ def _structure(cls: Any, data: Any, where: str, path: str) -> Any:
     for name, field in fields.items():
         key = _join(path, name)
         if name in data:
-            value = _check(hints.get(name, Any), data[name], where, key)
+            tp = hints.get(name, Any)
+            nested_default = _instance_default(field)
+            if (
+                isinstance(tp, type)
+                and attrs.has(tp)
+                and isinstance(nested_default, tp)
+                and isinstance(data[name], dict)
+            ):
+                # a nested table names only what it changes; the rest keeps this
+                # field's own default (an actor's limits, not the limits class's)
+                value = _structure(tp, data[name], where, key, base=nested_default)
+            else:
+                value = _check(tp, data[name], where, key)
             for validate in (field.validator, field.metadata.get("validate")):
                 if validate is None:
                     continue
@@ -147,12 +166,22 @@ def _structure(cls: Any, data: Any, where: str, path: str) -> Any:
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"{where}: key {key!r}: {exc}") from None
             kwargs[field.alias or name] = value
+        elif base is not None:
+            kwargs[field.alias or name] = getattr(base, name)
         elif field.default is attrs.NOTHING:
             raise ConfigError(f"{where}: missing required key {key!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {_label(path, 'config')}: {exc}") from None
+
+
+def _instance_default(field: Any) -> Any:
+    """The value a field gets when its key is absent (a factory is called), or None."""
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return None if default.takes_self else default.factory()
+    return None if default is attrs.NOTHING else default
 
 
 def _apply_renames(data: dict[str, Any], renamed: dict[str, str], where: str, path: str) -> dict[str, Any]:

@@ -40,13 +40,16 @@ import attrs
 import trio
 import zmq
 
+from switchyard.runtime.config import non_negative, positive
 from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.zmq import Frame, SocketOptions, ZmqSocket, open_socket
 
 __all__ = [
     "DEFAULT_HARD_MESSAGE_SIZE",
+    "LIMIT_KEYS_MOVED",
     "EndpointConfig",
+    "EndpointLimits",
     "HandlerTimeout",
     "MalformedEnvelope",
     "MessageTooLarge",
@@ -79,8 +82,35 @@ DEFAULT_HARD_MESSAGE_SIZE = 128 << 20
 
 
 @attrs.frozen
+class EndpointLimits:
+    """An endpoint's limits: the ``limits`` table of an actor's config
+    (``[actor.config.limits]``), beside its ``endpoint`` address. Each field means what
+    the same field of :class:`EndpointConfig` means; an actor gives its own defaults
+    (``attrs.field(factory=lambda: EndpointLimits(max_message_size=65536))``) and a
+    manifest's table changes only the keys it names.
+    """
+
+    sndhwm: int = attrs.field(default=1000, validator=non_negative)
+    rcvhwm: int = attrs.field(default=1000, validator=non_negative)
+    linger_ms: int = 0
+    max_message_size: int = attrs.field(default=1 << 20, validator=positive)
+    hard_limit_factor: int = attrs.field(default=16, validator=positive)
+    hard_message_size: int = attrs.field(default=0, validator=non_negative)
+    request_timeout: float = attrs.field(default=0.0, validator=non_negative)
+    send_timeout: float = attrs.field(default=5.0, validator=non_negative)
+    max_concurrent: int = attrs.field(default=1024, validator=positive)
+
+
+#: ``renamed_keys`` for an actor config whose limits moved from flat keys
+#: (``max_message_size = ...``) into its ``limits`` table: each old key still works,
+#: with one deprecation warning line.
+LIMIT_KEYS_MOVED: dict[str, str] = {f.name: f"limits.{f.name}" for f in attrs.fields(EndpointLimits)}
+
+
+@attrs.frozen
 class EndpointConfig:
-    """Per-endpoint limits. Embed it in an actor's Config as a nested table.
+    """What a bridge serves: the address and its limits, flat (build it from an actor's
+    config with :meth:`from_config`).
 
     Two size limits, both in bytes:
 
@@ -117,11 +147,21 @@ class EndpointConfig:
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> EndpointConfig:
-        """An ``EndpointConfig`` from any actor config that has some of these keys under
-        the same names (``endpoint``, ``sndhwm``, ``max_message_size``, ...); keys it
-        lacks keep their defaults; ``overrides`` win.
+        """An ``EndpointConfig`` from an actor config with an ``endpoint`` address and a
+        ``limits`` table (:class:`EndpointLimits`); a config that has the limits as flat
+        keys of the same names (``sndhwm``, ``max_message_size``, ...) works too. Keys
+        it lacks keep their defaults; ``overrides`` win.
         """
-        values = {f.name: getattr(config, f.name) for f in attrs.fields(cls) if hasattr(config, f.name)}
+        sources = [config]
+        limits = getattr(config, "limits", None)
+        if isinstance(limits, EndpointLimits):
+            sources.insert(0, limits)
+        values: dict[str, Any] = {}
+        for f in attrs.fields(cls):
+            for source in sources:
+                if hasattr(source, f.name):
+                    values[f.name] = getattr(source, f.name)
+                    break
         values.update(overrides)
         return cls(**values)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,7 +49,11 @@ async def test_real_req_client_gets_one_error_reply_per_extreme_request(bodies):
         await system.spawn(
             InferenceActor,
             name="inference",
-            config=InferenceConfig(endpoint=endpoint, events_endpoint="", max_message_size=1 << 20),
+            config=InferenceConfig(
+                endpoint=endpoint,
+                events_endpoint="",
+                limits=attrs.evolve(InferenceConfig().limits, max_message_size=1 << 20),
+            ),
         )
         replies = await trio.to_thread.run_sync(req_roundtrips, endpoint, bodies)
     assert len(replies) == len(bodies)

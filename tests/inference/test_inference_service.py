@@ -41,7 +41,7 @@ class Service:
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    async with _service(max_message_size=64 << 10) as svc:
+    async with _service(limits=attrs.evolve(InferenceConfig().limits, max_message_size=64 << 10)) as svc:
         yield svc
 
 
@@ -447,7 +447,9 @@ async def test_in_process_ask() -> None:
 
 async def test_slow_task_gets_a_timeout_reply_and_busy_beyond_max_in_flight() -> None:
     # a batch window of 1 s holds every task long enough to see both limits act
-    async with _service(max_delay_ms=1000.0, request_timeout=0.3, max_in_flight=1) as svc:
+    async with _service(
+        max_delay_ms=1000.0, limits=attrs.evolve(InferenceConfig().limits, request_timeout=0.3), max_in_flight=1
+    ) as svc:
 
         def two_at_once() -> list[TaskReply]:
             ctx = zmq.Context.instance()

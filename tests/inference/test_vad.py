@@ -190,7 +190,10 @@ def _ask(endpoint: str, body: dict[str, object]) -> dict[str, object]:
 
 async def test_vad_over_the_zeromq_wire(speech: Speech) -> None:
     config = InferenceConfig(
-        endpoint="tcp://127.0.0.1:0", events_endpoint="", max_input_bytes=4 << 20, max_message_size=8 << 20
+        endpoint="tcp://127.0.0.1:0",
+        events_endpoint="",
+        max_input_bytes=4 << 20,
+        limits=attrs.evolve(InferenceConfig().limits, max_message_size=8 << 20),
     )
     async with open_system("vad-wire") as system:
         ref = await system.spawn(InferenceActor, name="inference", config=config)

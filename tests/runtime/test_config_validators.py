@@ -95,8 +95,8 @@ def test_restart_policy_is_one_frozen_value() -> None:
             "actor 'h' [config]: key 'endpoint': must be an endpoint",
         ),
         (
-            '[app]\nname="x"\n[[actor]]\nname="h"\nkind="echo"\n[actor.config]\nmax_message_size=-5\n',
-            "actor 'h' [config]: key 'max_message_size': must be > 0, got -5",
+            '[app]\nname="x"\n[[actor]]\nname="h"\nkind="echo"\n[actor.config.limits]\nmax_message_size=-5\n',
+            "actor 'h' [config]: key 'limits.max_message_size': must be > 0, got -5",
         ),
         (
             '[app]\nname="x"\n[[actor]]\nname="h"\nkind="echo"\n[actor.config]\nendpoint="tcp://127.0.0.1:99999"\n',
@@ -117,3 +117,22 @@ def test_check_catches_what_run_would_fail_on(tmp_path: Path, body: str, message
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr and str(manifest) in result.stderr
+
+
+def test_flat_endpoint_limits_still_work_with_one_warning_and_nested_tables_keep_actor_defaults(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from switchyard.services.aipara.ai_stream import AiStreamConfig
+
+    with caplog.at_level("WARNING"):
+        old = build_config(AiStreamConfig, {"max_message_size": 1000}, where="m.toml: actor 'a'")
+    assert old.limits.max_message_size == 1000
+    assert old.limits.max_concurrent == 256  # the actor's own default, not the limits class's
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert warnings == [
+        "m.toml: actor 'a': key 'max_message_size' is deprecated: write 'limits.max_message_size' instead"
+    ]
+    new = build_config(AiStreamConfig, {"limits": {"sndhwm": 10}}, where="m.toml: actor 'a'")
+    assert (new.limits.sndhwm, new.limits.max_message_size, new.limits.max_concurrent) == (10, 64 * 1024, 256)
+    with pytest.raises(ConfigError, match="both 'max_message_size' and its new name 'limits.max_message_size'"):
+        build_config(AiStreamConfig, {"max_message_size": 1, "limits": {"max_message_size": 2}}, where="m")

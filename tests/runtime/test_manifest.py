@@ -72,7 +72,7 @@ def test_module_colon_class_kind() -> None:
         ),
         (
             '[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\n[actor.config]\nport=1\n',
-            "apps/x.toml: actor 'a' [config]: unknown key 'port' (known: endpoint, max_message_size)",
+            "apps/x.toml: actor 'a' [config]: unknown key 'port' (known: endpoint, limits)",
         ),
         (
             '[app]\nname="x"\n[[actor]]\nname="a"\nkind="echo"\n[actor.config]\nendpoint=5\n',

@@ -20,6 +20,7 @@ from switchyard.services.tensor.protocol import decode_reply, encode_request
 from switchyard.services.tensor.server import SessionError, TensorSessionServer
 from switchyard.services.tensor.zmq_session import TensorCommand, TensorSessionActor, TensorSessionConfig
 from switchyard.testing import ipc_endpoint, run_manifest, run_system
+from switchyard.transports.zmq_bridges import EndpointLimits
 
 APPS = Path(__file__).resolve().parents[2] / "switchyard" / "apps"
 
@@ -136,7 +137,7 @@ async def test_command_errors_come_back_as_error_status(send, error):
 
 
 async def test_malformed_messages_from_a_raw_peer_get_errors_and_the_actor_serves_on():
-    async with actor(max_message_size=1 << 20) as (client, _):
+    async with actor(limits=EndpointLimits(max_message_size=1 << 20)) as (client, _):
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
         raw.connect(client.endpoint)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import trio
@@ -36,7 +36,6 @@ import trio
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
 from switchyard.runtime.config import endpoint as valid_endpoint
-from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.runtime.stats import timed
 from switchyard.services.aipara.backends.base import BackendError, open_backend
@@ -56,7 +55,13 @@ from switchyard.services.aipara.protocol import (
 )
 from switchyard.services.aipara.rime_book import CommitEvent
 from switchyard.services.aipara.rime_state import subscribe_events
-from switchyard.transports.zmq_bridges import EndpointConfig, PeerGone, RouterStreamServer
+from switchyard.transports.zmq_bridges import (
+    LIMIT_KEYS_MOVED,
+    EndpointConfig,
+    EndpointLimits,
+    PeerGone,
+    RouterStreamServer,
+)
 from switchyard.transports.zmq_curve import CurveConfig, enable_curve
 
 __all__ = ["AiStats", "AiStreamActor", "AiStreamConfig", "ConvertText"]
@@ -68,7 +73,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class AiStreamConfig:
     """``[actor.config]`` of an ``ai_stream`` actor."""
 
+    renamed_keys: ClassVar[dict[str, str]] = LIMIT_KEYS_MOVED
+
     endpoint: str = attrs.field(default="tcp://127.0.0.1:10087", validator=valid_endpoint)
+    #: Limits (``[actor.config.limits]``): requests up to 64 KiB, 256 in flight.
+    limits: EndpointLimits = attrs.field(factory=lambda: EndpointLimits(max_message_size=64 * 1024, max_concurrent=256))
     backend: Literal["local", "openai"] = "local"
     local: LocalBackendConfig = LocalBackendConfig()
     openai: OpenAIBackendConfig = OpenAIBackendConfig()
@@ -76,17 +85,11 @@ class AiStreamConfig:
     default_timeout: float = 5.0
     max_timeout: float = 30.0
     chat_timeout: float = 120.0
-    max_message_size: int = attrs.field(default=64 * 1024, validator=positive)
-    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
-    hard_message_size: int = 0
-    max_concurrent: int = 256
     max_cloud_candidates: int = 20
     max_ai_candidates: int = 20
     #: Name of the Rime state actor whose commits feed ``{context}`` ("" = none).
     rime_state: str = "rime_state"
     context_commits: int = 5
-    sndhwm: int = 1000
-    rcvhwm: int = 1000
     curve: CurveConfig = CurveConfig()
 
     def __attrs_post_init__(self) -> None:
@@ -169,7 +172,7 @@ class AiStreamActor(Actor):
         async def send(message: dict[str, Any]) -> None:
             await send_frame(json_codec.encode(message))
 
-        request = parse_ai_request(body, max_bytes=self.config.max_message_size)
+        request = parse_ai_request(body, max_bytes=self.config.limits.max_message_size)
         if isinstance(request, AiBadRequest):
             self.stats["bad_requests"] += 1
             self._bad("bad request from %r: %s", identity, request.reason)

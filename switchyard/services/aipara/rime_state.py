@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -39,7 +39,6 @@ import trio
 from switchyard.protocols.codec import json_codec
 from switchyard.runtime import Actor, ActorRef, ActorStopped, MailboxFull
 from switchyard.runtime.config import endpoint as config_endpoint
-from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.runtime.stats import timed
 from switchyard.services.aipara.protocol import (
@@ -52,7 +51,9 @@ from switchyard.services.aipara.protocol import (
 )
 from switchyard.services.aipara.rime_book import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
 from switchyard.transports.zmq_bridges import (
+    LIMIT_KEYS_MOVED,
     EndpointConfig,
+    EndpointLimits,
     HandlerTimeout,
     MessageTooLarge,
     ReqRepServer,
@@ -80,11 +81,11 @@ EVENT_KINDS = {"commit": CommitEvent, "command": CommandEvent}
 class RimeStateConfig:
     """``[actor.config]`` of a ``rime_state`` actor."""
 
+    renamed_keys: ClassVar[dict[str, str]] = LIMIT_KEYS_MOVED
+
     endpoint: str = attrs.field(default="tcp://127.0.0.1:10086", validator=config_endpoint)
-    #: Largest request accepted, bytes; larger ones get an error reply.
-    max_message_size: int = attrs.field(default=64 * 1024, validator=positive)
-    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
-    hard_message_size: int = 0
+    #: Limits (``[actor.config.limits]``): requests up to 64 KiB; no timer per request (state lives here).
+    limits: EndpointLimits = attrs.field(factory=lambda: EndpointLimits(max_message_size=64 * 1024))
     #: Clients remembered at once (least recently seen forgotten first).
     max_clients: int = 1024
     #: Commands waiting per client; queueing more is refused, not dropped.
@@ -92,13 +93,7 @@ class RimeStateConfig:
     #: Seconds after which a silent client (and its outbox) is forgotten.
     client_ttl: float = 24 * 3600.0
     expire_interval: float = 60.0
-    #: Bound on one request's handling (0 = none). The handler never waits on
-    #: anything (state lives in this actor), so the default adds no timer per request.
-    request_timeout: float = 0.0
-    max_concurrent: int = 1024
     max_subscribers: int = 64
-    sndhwm: int = 1000
-    rcvhwm: int = 1000
     curve: CurveConfig = CurveConfig()
 
 
@@ -184,7 +179,7 @@ class RimeStateActor(Actor):
 
     async def _serve_request(self, body: bytes) -> bytes:
         client = client_key(current_identity())
-        request = parse_rime_request(body, max_bytes=self.config.max_message_size)
+        request = parse_rime_request(body, max_bytes=self.config.limits.max_message_size)
         self.stats["requests"] += 1
         if isinstance(request, BadRequest):
             self.stats["bad_requests"] += 1

@@ -20,14 +20,13 @@ one at a time, so no batching across asks), ``await ref.ask("status")`` the coun
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from switchyard.protocols.codec import CodecError, msgpack_codec
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as config_endpoint
-from switchyard.runtime.config import positive
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.runtime.stats import timed
 from switchyard.services.inference.engine import EngineConfig, InferenceEngine, Served
@@ -35,7 +34,14 @@ from switchyard.services.inference.events import EventPublisher
 from switchyard.services.inference.extras import attach_extras
 from switchyard.services.inference.models import check_model_files
 from switchyard.services.inference.protocol import TaskReply, TaskRequest, encode_reply, sniff_task_id, task_event
-from switchyard.transports.zmq_bridges import EndpointConfig, HandlerTimeout, MessageTooLarge, ReqRepServer
+from switchyard.transports.zmq_bridges import (
+    LIMIT_KEYS_MOVED,
+    EndpointConfig,
+    EndpointLimits,
+    HandlerTimeout,
+    MessageTooLarge,
+    ReqRepServer,
+)
 
 __all__ = [
     "InferenceActor",
@@ -51,7 +57,11 @@ __all__ = [
 class InferenceConfig(EngineConfig):
     """Service settings; the model/batching fields come from :class:`EngineConfig`."""
 
+    renamed_keys: ClassVar[dict[str, str]] = LIMIT_KEYS_MOVED
+
     endpoint: str = attrs.field(default="tcp://127.0.0.1:5555", validator=config_endpoint)
+    #: Limits (``[actor.config.limits]``): 4 MiB requests, 30 s per task.
+    limits: EndpointLimits = attrs.field(factory=lambda: EndpointLimits(max_message_size=4 << 20, request_timeout=30.0))
     #: PUB endpoint for ``ai_events`` ("" = publish nothing).
     events_endpoint: str = attrs.field(default="tcp://127.0.0.1:5556", validator=config_endpoint)
     events_topic: str = "ai_events"
@@ -62,14 +72,6 @@ class InferenceConfig(EngineConfig):
     redis_url: str = ""
     #: Serve voice_activity_detection with silero-vad when it is installed.
     vad_enabled: bool = True
-    #: Bytes per request message; bigger ones get an error reply.
-    max_message_size: int = attrs.field(default=4 << 20, validator=positive)
-    #: libzmq's MAXMSGSIZE (bigger: dropped, no reply); 0 = max(16 x max_message_size, 128 MiB).
-    hard_message_size: int = 0
-    #: Seconds a task may take before it gets an error reply (0 = no limit).
-    request_timeout: float = 30.0
-    #: Requests served at once; more wait in the socket's queue.
-    max_concurrent: int = 1024
 
 
 def _frame_bytes(frame: Any) -> memoryview:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -41,7 +41,6 @@ import trio
 
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as valid_endpoint
-from switchyard.runtime.config import positive
 from switchyard.runtime.stats import timed
 from switchyard.services.tensor.protocol import (
     MAX_TENSORS,
@@ -55,21 +54,23 @@ from switchyard.services.tensor.protocol import (
     request_id_of,
 )
 from switchyard.services.tensor.server import SessionError, load_server_class
-from switchyard.transports.zmq_bridges import EndpointConfig, RouterStreamServer
+from switchyard.transports.zmq_bridges import LIMIT_KEYS_MOVED, EndpointConfig, EndpointLimits, RouterStreamServer
 
 __all__ = ["TensorCommand", "TensorReply", "TensorSessionActor", "TensorSessionConfig"]
 
 
 @attrs.frozen
 class TensorSessionConfig:
+    """``[actor.config]`` of a ``tensor_session`` actor."""
+
+    renamed_keys: ClassVar[dict[str, str]] = LIMIT_KEYS_MOVED
+
     endpoint: str = attrs.field(default="ipc://run/tensor_session.sock", validator=valid_endpoint)
+    #: Limits (``[actor.config.limits]``): 256 MiB requests (tensors).
+    limits: EndpointLimits = attrs.field(factory=lambda: EndpointLimits(max_message_size=1 << 28))
     server: str = ""
-    max_message_size: int = attrs.field(default=1 << 28, validator=positive)
     max_tensors: int = MAX_TENSORS
     parallel: int = 1
-    request_timeout: float = 0.0
-    sndhwm: int = 1000
-    rcvhwm: int = 1000
     #: A command whose recent runs of ``main_logic`` took under this many microseconds
     #: runs in the event loop instead of a worker thread (0 = always a thread); a
     #: command that once ran over ``SLOW_FACTOR`` times this bound inline never

@@ -32,10 +32,13 @@ import os
 import struct
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
-import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "SENTENCE_START",
@@ -138,6 +141,8 @@ class WordBigram:
 
 
 def _words(path: Path) -> list[str]:
+    import numpy as np
+
     data = path.read_bytes()
     if len(data) < 12:
         raise WordLmError(f"{path}: shorter than its header")
@@ -161,11 +166,12 @@ def _words(path: Path) -> list[str]:
     return words
 
 
-_Nodes = npt.NDArray[np.uint32]
-
-
-def _levels(path: Path) -> tuple[_Nodes, _Nodes, npt.NDArray[np.float32], npt.NDArray[np.float32], bool]:
+def _levels(
+    path: Path,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.float32], npt.NDArray[np.float32], bool]:
     """Level 1 nodes, level 2's ``(word id, probability index)`` columns, and the two tables."""
+    import numpy as np
+
     data = path.read_bytes()  # transient: the arrays kept are copies in the layout lookups want
     if len(data) < 8:
         raise WordLmError(f"{path}: shorter than its header")
@@ -196,6 +202,8 @@ def _levels(path: Path) -> tuple[_Nodes, _Nodes, npt.NDArray[np.float32], npt.ND
 
 def _log(values: npt.NDArray[np.float32], stored_as_log: bool) -> npt.NDArray[np.float32]:
     """Natural logs, with NaN and infinities (a damaged table) pinned to finite values."""
+    import numpy as np
+
     with np.errstate(all="ignore"):
         logs = -values if stored_as_log else np.log(np.maximum(values, np.float32(1e-30)))
     return np.nan_to_num(logs, nan=-69.0, posinf=0.0, neginf=-69.0).astype(np.float32)
@@ -203,6 +211,8 @@ def _log(values: npt.NDArray[np.float32], stored_as_log: bool) -> npt.NDArray[np
 
 def load_word_bigram(directory: Path) -> WordBigram:
     """Parse the two files in ``directory`` (blocking, ~0.3 s, ~40 MB resident)."""
+    import numpy as np
+
     words = _words(directory / _DICT_FILE)
     level1, level2, pr, bow, stored_as_log = _levels(directory / _LM_FILE)
     log_pr = _log(pr, stored_as_log)
