@@ -21,6 +21,7 @@ memory one decode may cost. 0 (the default of the shared ``json_codec`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
@@ -61,6 +62,8 @@ class JsonCodec:
         self.max_buffer_size = _check_limit(max_buffer_size)
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._decoder = json.JSONDecoder()
+        # The decoder's own scanner (typeshed does not declare the attribute).
+        self._scan_once: Callable[[str, int], tuple[Any, int]] = self._decoder.scan_once  # type: ignore[attr-defined]
 
     def encode(self, obj: Any) -> bytes:
         try:
@@ -74,6 +77,15 @@ class JsonCodec:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CodecError(f"not UTF-8 at byte {exc.start}") from exc
+        # Fast path for a document with nothing around it (what every encoder here
+        # writes): one scan, none of decode()'s whitespace matching. Anything else,
+        # errors included, takes the full path, which words the errors.
+        try:
+            obj, end = self._scan_once(text, 0)
+            if end == len(text):
+                return obj
+        except Exception:  # the full path below raises the real error
+            pass
         try:
             return self._decoder.decode(text)
         except json.JSONDecodeError as exc:

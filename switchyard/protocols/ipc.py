@@ -138,7 +138,7 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "kind": self.kind.value,
+            "kind": self.kind._value_,
             "id": self.id,
             "method": self.method,
             "data": self.data,

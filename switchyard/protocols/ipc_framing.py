@@ -23,11 +23,14 @@ resynchronised; answer and close).
 from __future__ import annotations
 
 import struct
+import time
+from typing import Any
 
 from switchyard.protocols.codec import Codec
 from switchyard.protocols.ipc import (
     ERR_FRAME_TOO_LARGE,
     IpcProtocolError,
+    Kind,
     Message,
     decode_body,
     encode_body,
@@ -41,6 +44,7 @@ __all__ = [
     "FrameTooLarge",
     "MessageReader",
     "encode_frame",
+    "encode_message",
     "frame_body",
 ]
 
@@ -80,6 +84,17 @@ def encode_frame(message: Message, codec: Codec, max_frame_size: int = DEFAULT_M
     return frame_body(encode_body(message, codec), max_frame_size)
 
 
+def encode_message(
+    kind: Kind, id: str, method: str, data: Any, codec: Codec, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes:
+    """``encode_frame(Message(kind, id, method, data), ...)`` without making the message
+    (the hot path of every request and answer); the timestamp is now."""
+    body = codec.encode({"kind": kind._value_, "id": id, "method": method, "data": data, "timestamp": time.time()})
+    if len(body) > max_frame_size or len(body) > MAX_LENGTH:
+        raise FrameTooLarge(len(body), min(max_frame_size, MAX_LENGTH))
+    return HEADER.pack(len(body)) + body
+
+
 class FrameDecoder:
     """Splits a byte stream into frame bodies, however the bytes were chunked."""
 
@@ -88,7 +103,10 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < 0:
             raise ValueError("max_frame_size must be >= 0")
-        self._buffer = bytearray()
+        # Bytes received and not yet consumed from ``_start`` on: the chunk itself
+        # when it arrived into an empty buffer (no copy), else a bytearray joining
+        # the chunks.
+        self._buffer: bytes | bytearray = b""
         self._start = 0
         self._limit = max_frame_size
         self._broken: FrameTooLarge | None = None
@@ -103,7 +121,15 @@ class FrameDecoder:
         return len(self._buffer) - self._start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        buffer = self._buffer
+        if self._start == len(buffer):
+            self._buffer = data if type(data) is bytes else bytes(data)
+            self._start = 0
+            return
+        if not isinstance(buffer, bytearray):
+            buffer = self._buffer = bytearray(memoryview(buffer)[self._start :])
+            self._start = 0
+        buffer += data
 
     def next_frame(self) -> bytes | None:
         """The next complete body, or ``None`` until more bytes arrive.
@@ -114,20 +140,26 @@ class FrameDecoder:
         if self._broken is not None:
             raise self._broken
         buffer, start = self._buffer, self._start
-        available = len(buffer) - start
-        if available < HEADER_SIZE:
+        size = len(buffer)
+        if size - start < HEADER_SIZE:
             return None
         (length,) = HEADER.unpack_from(buffer, start)
         if length > self._limit:
             self._broken = FrameTooLarge(length, self._limit)
             raise self._broken
         end = start + HEADER_SIZE + length
-        if len(buffer) < end:
+        if size < end:
             return None
-        body = bytes(buffer[start + HEADER_SIZE : end])
-        if end == len(buffer):
-            buffer.clear()
-            self._start = 0
+        if not isinstance(buffer, bytearray):
+            body = buffer[start + HEADER_SIZE : end]
+            if end == size:
+                self._buffer, self._start = b"", 0
+            else:
+                self._start = end
+            return body
+        body = bytes(memoryview(buffer)[start + HEADER_SIZE : end])
+        if end == size:
+            self._buffer, self._start = b"", 0
         elif end >= _COMPACT_AT:
             del buffer[:end]
             self._start = 0
