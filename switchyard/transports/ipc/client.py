@@ -58,7 +58,7 @@ import trio
 
 from switchyard.protocols.codec import get_codec
 from switchyard.protocols.ipc import Kind, Message
-from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
+from switchyard.protocols.ipc_framing import DEFAULT_MAX_FRAME_SIZE, encode_message
 from switchyard.transports.ipc.address import IpcAddress, parse_address, socket_path_for
 from switchyard.transports.ipc.backoff import Backoff
 from switchyard.transports.ipc.client_connection import ClientConnection, HandshakeFailed, open_connection
@@ -409,12 +409,11 @@ class SocketClient:
                 self._stats["timeouts"] += 1
                 raise RequestTimeout(method, math.inf if timeout is None else timeout)
         id = f"{self._id_prefix}-{next(self._ids)}"
-        pending = conn.pending[id] = Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
         framed = conn.framed
+        frame = encode_message(Kind.REQUEST, id, method, data, framed.codec, self.max_frame_size)
+        pending = conn.pending[id] = Pending(method, id, conn, math.inf if timeout is None else timeout, deadline)
         try:
-            await framed.send_frame(
-                encode_frame(Message(Kind.REQUEST, id, method, data), framed.codec, self.max_frame_size)
-            )
+            await framed.send_frame(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.pending.pop(id, None)
             self._stats["connection_lost"] += 1
@@ -422,16 +421,17 @@ class SocketClient:
         except BaseException:
             conn.pending.pop(id, None)
             raise
+        # Bookkeeping after the write, while the server works on the request.
+        deadlines = self._deadlines
+        deadlines.collect()
         if timeout is not None:
-            self._deadlines.add(pending)
+            deadlines.add(pending)
         try:
             await conn.wait_answer(pending)
         except BaseException:  # cancelled by our caller: tell the server not to bother
             if conn.pending.pop(id, None) is not None and self._nursery is not None:
                 self._nursery.start_soon(self._send_cancel, conn, id)
             raise
-        finally:
-            self._deadlines.collect()
         if pending.error is not None:
             if isinstance(pending.error, ConnectionLost):
                 self._stats["connection_lost"] += 1

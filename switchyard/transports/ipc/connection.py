@@ -173,7 +173,7 @@ class FramedConnection:
         (it goes on with other work) and :data:`HANDED_OFF` is returned; whoever
         took the role calls ``read_loop`` again and continues with the buffered bytes.
         """
-        stream, reader = self.stream, self.reader
+        reader, fd = self.reader, self._fd
         while True:
             # Drain first: a handshake may have left messages in the buffer.
             while True:
@@ -190,10 +190,21 @@ class FramedConnection:
                 self.messages_in += 1
                 if await on_message(message):
                     return HANDED_OFF
+            # Wait first, then read: after a drain the socket is most often empty, so
+            # this saves the read that would fail, and trio's stream layer besides.
+            if self.closed:
+                return "closed"
             try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                return "closed" if self.closed else f"reset ({exc.__cause__ or exc})"
+                await trio.lowlevel.wait_readable(fd)
+                if self.closed:
+                    return "closed"
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except trio.ClosedResourceError:
+                return "closed"
+            except OSError as exc:
+                return f"reset ({exc})"
             if not data:
                 if reader.buffered:
                     return f"closed by peer in the middle of a frame ({reader.buffered} bytes unread)"

@@ -32,7 +32,7 @@ from switchyard.protocols.ipc import (
     Message,
     error_for,
 )
-from switchyard.protocols.ipc_framing import FrameTooLarge, encode_frame
+from switchyard.protocols.ipc_framing import FrameTooLarge, encode_frame, encode_message
 from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
 from switchyard.transports.ipc.connection import HANDED_OFF, FramedConnection, SendTimeout
 from switchyard.transports.ipc.errors import ReplyError
@@ -289,9 +289,11 @@ class ServerConnection:
         at most ``max_in_flight`` replies in memory.
         """
         started = time.perf_counter()
+        elapsed = 0.0
         ok = False
         handed_off = False
-        answer: Message | None = None
+        answer: Message | None = None  # an error answer; None with ``ok``: the result is
+        result: Any = None
         context = (self.id, message.id, method, self.server)
         token = _current.set(context)
         try:
@@ -309,7 +311,6 @@ class ServerConnection:
                 if getattr(type(result), "__aiter__", None) is not None:
                     await _close_quietly(result)
                     raise TypeError(f"method {method!r} streams: call it with client.stream()")
-                answer = Message(Kind.RESPONSE, message.id, method, result)
                 ok = True
             except ReplyError as exc:
                 answer = message.reply_error(exc.code, exc.detail)
@@ -319,16 +320,19 @@ class ServerConnection:
                 answer = message.reply_error(ERR_HANDLER, f"{type(exc).__name__}: {exc}"[:2000])
             finally:
                 _current.reset(token)
-                stats = self.server._method_stats.get(method)
-                if stats is None:
-                    stats = self.server._method_stats[method] = MethodStats()
-                stats.record(time.perf_counter() - started, ok)
+                elapsed = time.perf_counter() - started
             if reply:
+                codec, limit = self.framed.codec, self.server.max_frame_size
                 try:
-                    frame = encode_frame(answer, self.framed.codec, self.server.max_frame_size)
+                    if answer is None:  # the handler's result: no Message made on the hot path
+                        frame = encode_message(Kind.RESPONSE, message.id, method, result, codec, limit)
+                    else:
+                        frame = encode_frame(answer, codec, limit)
                     await self.framed.send_frame(frame, self.server.send_timeout)
                     self.server._counters["messages_sent"] += 1
                 except (CodecError, FrameTooLarge):
+                    if answer is None:
+                        answer = Message(Kind.RESPONSE, message.id, method, result)
                     await self._send(answer)  # replaces it with an error naming the problem
                 except SendTimeout:
                     self._dropped_stuck()
@@ -337,6 +341,11 @@ class ServerConnection:
         finally:
             if handed_off:
                 self.role.release()
+            # Counted once the reply is on its way: the client need not wait for it.
+            stats = self.server._method_stats.get(method)
+            if stats is None:
+                stats = self.server._method_stats[method] = MethodStats()
+            stats.record(elapsed, ok)
         return handed_off
 
     async def _finish_blocking(self, job: _Job, message: Message, blocked: Blocked, handed_off: bool) -> Any:
