@@ -227,6 +227,25 @@ async def test_a_quick_command_runs_inline_after_its_first_run():
             assert await call(client.wait_for_response) == "second"
 
 
+async def test_a_slow_thread_hop_does_not_keep_a_quick_command_off_the_loop():
+    # Every worker-thread token is held for 100 ms, so the first run (always in a
+    # thread) waits that long for its hop; main_logic itself takes microseconds, and
+    # only that run time counts toward the 5 ms bound.
+    limiter = trio.to_thread.current_default_thread_limiter()
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    async with actor(inline_run_us=5000) as (client, _):
+        for holder in holders:
+            limiter.acquire_on_behalf_of_nowait(holder)
+        try:
+            client.send_request("where")  # a non-blocking send, from this (the Trio) thread
+            await trio.sleep(0.1)
+        finally:
+            for holder in holders:
+                limiter.release_on_behalf_of(holder)
+        assert await call(client.wait_for_response) == "thread"
+        assert [await call(client.fetch_response, "where") for _ in range(3)] == ["loop"] * 3
+
+
 async def test_inline_off_always_uses_a_thread():
     async with actor(inline_run_us=0) as (client, _):
         assert [await call(client.fetch_response, "where") for _ in range(3)] == ["thread"] * 3

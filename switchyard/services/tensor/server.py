@@ -38,6 +38,8 @@ import contextvars
 import importlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -243,20 +245,29 @@ class TensorSessionServer:
 
     # ---- running one request (shared by the file and ZeroMQ transports)
 
-    async def execute(self, request: Request, exchange: TensorExchange, *, inline: bool = False) -> str:
+    async def execute(
+        self,
+        request: Request,
+        exchange: TensorExchange,
+        *,
+        inline: bool = False,
+        on_run: Callable[[float], None] | None = None,
+    ) -> str:
         """Run ``main_logic`` for ``request`` in a worker thread; ``"ok"`` or ``"error:..."``.
 
         With ``inline=True`` it runs in the calling Trio task instead (the transport
         decided it is quick, and ``exchange.respond`` must then not block).
+        ``on_run`` gets ``main_logic``'s own run time in seconds, measured where it
+        ran (the thread hop is not in it), also when it raised.
         Exceptions from user code become the status; only cancellation propagates.
         """
         call = _Call(exchange)
         token = _CURRENT.set(call)
         try:
             if inline:
-                ok = self.main_logic(request.cmd, request.params)
+                ok = self._timed_main_logic(request, on_run)
             else:
-                ok = await trio.to_thread.run_sync(self.main_logic, request.cmd, request.params)
+                ok = await trio.to_thread.run_sync(self._timed_main_logic, request, on_run)
         except Exception as exc:  # user code: report, keep serving
             call.fail(str(exc) or type(exc).__name__)
         else:
@@ -268,6 +279,15 @@ class TensorSessionServer:
             log.warning("tensor session %s: command %r failed: %s", self.session_id, request.cmd, call.error)
             return error_status(call.error)
         return "ok"
+
+    def _timed_main_logic(self, request: Request, on_run: Callable[[float], None] | None) -> bool:
+        if on_run is None:
+            return self.main_logic(request.cmd, request.params)
+        started = time.perf_counter()
+        try:
+            return self.main_logic(request.cmd, request.params)
+        finally:
+            on_run(time.perf_counter() - started)
 
     # ---- serving a session directory (the file transport)
 
