@@ -39,6 +39,7 @@ from switchyard.transports.ipc.connection import RECEIVE_SIZE, FramedConnection
 from switchyard.transports.ipc.deadlines import Pending
 from switchyard.transports.ipc.errors import RemoteError
 from switchyard.transports.ipc.stream import IpcStream
+from switchyard.transports.ipc.waker import ReadWaker
 
 if TYPE_CHECKING:
     from switchyard.transports.ipc.client import SocketClient
@@ -76,10 +77,13 @@ class ClientConnection:
         # reader handles them first, in order.
         self._backlog: collections.deque[Message] = collections.deque()
         self._fd = framed.stream.socket.fileno()
+        # What the role's holder waits on: interruptible by a timeout without a
+        # cancel scope per request; closed with the socket.
+        self._waker = ReadWaker(self._fd)
+        framed.on_close = self._waker.close
         self._idle_task: trio.lowlevel.Task | None = None  # the idle reader, while parked
         self._idle_timer: trio.CancelScope | None = None  # ... and what wakes it after IDLE_GRACE
         self._idle_wait: trio.CancelScope | None = None  # while it holds the role and waits for bytes
-        self._reading_scope: trio.CancelScope | None = None  # while a request holds the role
 
     def end(self, reason: str) -> None:
         """Close the connection (first reason wins); the idle reader then returns."""
@@ -120,21 +124,19 @@ class ClientConnection:
 
     def interrupt(self, pending: Pending) -> None:
         """``pending`` was settled from outside (timeout): stop it reading, if it does."""
-        if self._reader is pending and self._reading_scope is not None:
-            self._reading_scope.cancel()
+        if self._reader is pending:
+            self._waker.wake()
 
     async def _read_for(self, pending: Pending) -> None:
         self._reader = pending
         framed = self.framed
         try:
-            with trio.CancelScope() as self._reading_scope:
-                while self._drain_now() and not pending.done and not framed.closed:
-                    await trio.lowlevel.wait_readable(self._fd)
-                    self._receive()
+            while self._drain_now() and not pending.done and not framed.closed:
+                await self._waker.wait()
+                self._receive()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.end("closed")
         finally:
-            self._reading_scope = None
             self._release()
 
     def _release(self) -> None:
@@ -207,7 +209,7 @@ class ClientConnection:
                 with trio.CancelScope() as waiting:
                     self._idle_wait = waiting
                     try:
-                        await trio.lowlevel.wait_readable(self._fd)
+                        await self._waker.wait()
                     finally:
                         self._idle_wait = None
                 if waiting.cancel_called or self._reader is not IDLE:
@@ -368,10 +370,10 @@ async def open_connection(
         framed = FramedConnection(stream, codec=codec, max_frame_size=max_frame_size, label=str(address))
         try:
             conn_id = await _handshake(framed, hello)
+            return ClientConnection(client, framed, conn_id)
         except BaseException:
             framed.close()
             raise
-    return ClientConnection(client, framed, conn_id)
 
 
 async def _handshake(framed: FramedConnection, hello: Message) -> str:

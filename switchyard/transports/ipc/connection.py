@@ -86,6 +86,8 @@ class FramedConnection:
         #: Set while the owner deliberately stops reading (backpressure); silence
         #: then is ours, not the peer's, so keepalive does not count it.
         self.paused = False
+        #: Called (synchronously) once :meth:`close` has closed the socket.
+        self.on_close: Callable[[], None] | None = None
         self._send_gate = _SendGate()
         self._fd = stream.socket.fileno()
         self._ping_ids = itertools.count(1)
@@ -161,6 +163,8 @@ class FramedConnection:
             self.stream.socket.close()
             for event in self._pings.values():
                 event.set()
+            if self.on_close is not None:
+                self.on_close()
 
     async def read_loop(
         self,
