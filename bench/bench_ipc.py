@@ -6,7 +6,8 @@ time (latency-bound round trips), servers interleaved run by run:
 * baseline: a bare Trio Unix-socket echo server, the client sending the exact bytes
   of one IPC request frame and reading as many back;
 * the IPC ``SocketServer`` with the seed's ``async def echo(data)`` handler and a
-  ``SocketClient`` (JSON, then msgpack), goal >= 0.7x the baseline;
+  ``SocketClient`` (JSON, then msgpack), goal >= 0.8x the baseline (and the loaded
+  run keeps >= 80% of the quiet ratio);
 * the same with 8 requests in flight on one connection;
 * the actor bridge: ``RemoteActorRef.ask`` -> ``ipc_server`` actor -> an echo actor;
 * ZeroMQ ``ipc://``: blocking pyzmq REQ against a blocking pyzmq REP echo, same body.
@@ -228,8 +229,8 @@ def client_zmq(path: str) -> Result:
 BASELINE = "bare Trio Unix-socket echo (baseline)"
 CASES: dict[str, tuple[Callable[..., None], Callable[[str], Result], str]] = {
     BASELINE: (serve_bare, client_bare, ""),
-    "IPC SocketServer + SocketClient, JSON": (serve_ipc, client_ipc("json"), "0.70x"),
-    "IPC SocketServer + SocketClient, msgpack": (serve_ipc, client_ipc("msgpack"), "0.70x"),
+    "IPC SocketServer + SocketClient, JSON": (serve_ipc, client_ipc("json"), ">= 0.8"),
+    "IPC SocketServer + SocketClient, msgpack": (serve_ipc, client_ipc("msgpack"), ">= 0.8"),
     f"IPC, JSON, {CONCURRENCY} requests in flight on one connection": (serve_ipc, client_ipc_concurrent, ""),
     "actor bridge: RemoteActorRef.ask -> ipc_server -> echo actor": (serve_bridge, client_bridge, ""),
     "ZeroMQ ipc://, blocking pyzmq REQ -> REP": (serve_zmq, client_zmq, ""),
@@ -266,7 +267,8 @@ def main() -> None:
                 fmt(median(rates)),
                 f"{median(latencies) * 1e6:.0f}",
                 f"{p99(latencies) * 1e6:.0f}",
-                f"{median(per_run):.2f}x ({min(per_run):.2f}-{max(per_run):.2f})",
+                f"{median(per_run):.2f}x",  # its own cell: the loaded-vs-quiet check reads it
+                f"{min(per_run):.2f}-{max(per_run):.2f}",
                 CASES[name][2],
             ]
         )
@@ -276,7 +278,8 @@ def main() -> None:
             "round trips/s (median)",
             "p50 µs",
             "p99 µs",
-            "vs bare Trio echo: median (range) of per-run ratios",
+            "vs bare Trio echo: median of per-run ratios",
+            "range",
             "goal",
         ],
         rows,
