@@ -96,6 +96,29 @@ def test_corrupted_valid_blobs_raise_tsr_error_only(blob, data):
             pass
 
 
+@given(tsr_blobs(max_side=3), st.data())
+def test_the_header_cache_never_changes_a_verdict(blob, data):
+    # parse_header remembers headers it validated; a header one byte away from a
+    # remembered one must get the same verdict as from a fresh parser.
+    tsr.parse_header(blob)
+    mutated = bytearray(blob[: tsr.HEADER_SIZE])
+    mutated[data.draw(st.integers(0, tsr.HEADER_SIZE - 1))] = data.draw(st.integers(0, 255))
+    verdicts = []
+    for fresh in (False, True):
+        if fresh:
+            tsr._PARSED.clear()
+        try:
+            verdicts.append(tsr.parse_header(bytes(mutated)))
+        except TSRError as exc:
+            verdicts.append(exc.field)
+    assert verdicts[0] == verdicts[1]
+
+
+def test_header_for_refuses_more_elements_than_int64_holds():
+    with pytest.raises(TSRError, match="total_elements"):
+        tsr.header_for((2**31 - 1,) * 4, np.float32)
+
+
 def _patched(offset: int, fmt: str, value) -> bytes:
     blob = bytearray(tsr.encode(np.zeros((2, 3), np.float32)))
     struct.pack_into(fmt, blob, offset, value)

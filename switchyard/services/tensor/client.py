@@ -60,6 +60,7 @@ class TensorSessionClient(SessionVerbs):
         self._responses: deque[Response] = deque()
         self._errors: deque[str] = deque()  # error statuses not yet reported to the caller
         self._pending: list[tuple[str, np.ndarray]] = []
+        self._rcvtimeo = -1  # the socket's RCVTIMEO (ms) as last set
 
     # ---- connection
 
@@ -71,6 +72,7 @@ class TensorSessionClient(SessionVerbs):
         sock.setsockopt(zmq.LINGER, self._linger_ms)
         sock.connect(self.endpoint)
         self.socket = sock
+        self._rcvtimeo = -1
 
     def is_alive(self) -> bool:
         return self.socket is not None and not self.socket.closed
@@ -184,9 +186,19 @@ class TensorSessionClient(SessionVerbs):
     def _receive(self, timeout: float) -> bool:
         """Take one message if one comes within ``timeout``; False otherwise."""
         sock = self._sock()
-        if not sock.poll(math.ceil(timeout * 1000) if timeout > 0 else 0, zmq.POLLIN):
+        # A receive with a timeout (RCVTIMEO) rather than poll() then receive: pyzmq
+        # builds a Poller for every poll(), tens of microseconds per message.
+        try:
+            if timeout > 0:
+                ms = math.ceil(timeout * 1000)
+                if ms != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, ms)
+                    self._rcvtimeo = ms
+                frames = sock.recv_multipart(copy=False)
+            else:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
             return False
-        frames = sock.recv_multipart(copy=False)
         try:
             reply = decode_reply(frames)
         except (SessionProtocolError, TSRError) as exc:

@@ -31,6 +31,8 @@ This module does no I/O; memory-mapped file loading lives in
 
 from __future__ import annotations
 
+import functools
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +62,7 @@ VERSION = 1
 HEADER_SIZE = 64
 MAX_NDIM = 4
 _MAX_DIM = 2**31 - 1  # dims are int32 on the wire
+_MAX_TOTAL = 2**63 - 1  # total_elements is int64 on the wire
 
 _STRUCT = struct.Struct("<4s5i4iqqq")
 assert _STRUCT.size == HEADER_SIZE
@@ -106,31 +109,23 @@ class TSRHeader:
 
     @property
     def total_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python ints: exact, and 1 for a scalar
 
     @property
     def data_size(self) -> int:
         """Bytes of element data that follow the header."""
-        return self.total_elements * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
     def pack(self) -> bytes:
         """The 64 header bytes."""
-        n, c, h, w = self.dims
-        return _STRUCT.pack(
-            MAGIC,
-            VERSION,
-            HEADER_SIZE,
-            0,
-            self.code,
-            self.ndim,
-            n,
-            c,
-            h,
-            w,
-            self.total_elements,
-            0,
-            0,
-        )
+        return _pack(self.shape, self.code)
+
+
+@functools.lru_cache(maxsize=256)
+def _pack(shape: tuple[int, ...], code: int) -> bytes:
+    # A session sends the same few shapes over and over: pack each once.
+    n, c, h, w = (1,) * (MAX_NDIM - len(shape)) + shape
+    return _STRUCT.pack(MAGIC, VERSION, HEADER_SIZE, 0, code, len(shape), n, c, h, w, math.prod(shape), 0, 0)
 
 
 def _tsr_dtype(dtype: Any) -> np.dtype[Any]:
@@ -151,6 +146,8 @@ def header_for(shape: Sequence[int], dtype: Any) -> TSRHeader:
     for d in shape:
         if not 0 <= d <= _MAX_DIM:
             raise TSRError("dims", f"dimension {d} of shape {shape} is outside 0..{_MAX_DIM}")
+    if math.prod(shape) > _MAX_TOTAL:
+        raise TSRError("total_elements", f"shape {shape} holds more than {_MAX_TOTAL} elements")
     return TSRHeader(tsr_dtype, shape)
 
 
@@ -170,8 +167,25 @@ def parse_header(buf: Any) -> TSRHeader:
         raise TSRError("length", f"not a contiguous bytes-like object: {exc}") from None
     if len(view) < HEADER_SIZE:
         raise TSRError("length", f"{len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    raw = bytes(view[:HEADER_SIZE])
+    header = _PARSED.get(raw)
+    if header is None:
+        header = _parse(raw)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = header
+    return header
+
+
+#: Headers already validated, by their 64 bytes: a session repeats a few shapes, and
+#: a hit skips the field checks (only a header that passed them is ever stored).
+_PARSED: dict[bytes, TSRHeader] = {}
+_PARSED_MAX = 256
+
+
+def _parse(raw: bytes) -> TSRHeader:
     (magic, version, header_size, reserved0, code, ndim, n, c, h, w, total, reserved1, reserved2) = _STRUCT.unpack_from(
-        view
+        raw
     )
     if magic != MAGIC:
         raise TSRError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
@@ -228,22 +242,28 @@ def decode_frames(header_frame: Any, data_frame: Any) -> np.ndarray:
     if len(hview) != HEADER_SIZE:
         raise TSRError("length", f"header frame is {len(hview)} bytes, expected {HEADER_SIZE}")
     header = parse_header(hview)
-    if len(dview) != header.data_size:
+    count = math.prod(header.shape)
+    if len(dview) != count * header.dtype.itemsize:
         raise TSRError(
             "length",
             f"data frame is {len(dview)} bytes, header needs {header.data_size} "
-            f"({header.total_elements} x {header.dtype.itemsize}-byte {header.dtype.name})",
+            f"({count} x {header.dtype.itemsize}-byte {header.dtype.name})",
         )
-    return _view(header, dview)
+    return np.frombuffer(dview, dtype=header.dtype, count=count).reshape(header.shape)
 
 
 def _view(header: TSRHeader, data: memoryview) -> np.ndarray:
-    return np.frombuffer(data, dtype=header.dtype, count=header.total_elements).reshape(header.shape)
+    return np.frombuffer(data, dtype=header.dtype, count=math.prod(header.shape)).reshape(header.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> TSRHeader:
+    return header_for(shape, dtype)
 
 
 def _wire_array(array: Any) -> tuple[TSRHeader, np.ndarray]:
     arr = np.asarray(array)
-    header = header_for(arr.shape, arr.dtype)
+    header = _cached_header(arr.shape, arr.dtype)  # TSRError is not cached: it re-raises
     # No copy when the array already is little-endian and C-contiguous.
     arr = np.ascontiguousarray(arr, dtype=header.dtype)
     return header, arr
@@ -256,7 +276,8 @@ def encode_frames(array: Any) -> tuple[bytes, memoryview]:
     little-endian C-contiguous array of a TSR dtype, so it can go out zero-copy.
     """
     header, arr = _wire_array(array)
-    return header.pack(), memoryview(arr.reshape(-1).data).cast("B")
+    data = arr.data if arr.size else arr.reshape(-1).data  # a cast refuses a 0 in the shape
+    return header.pack(), memoryview(data).cast("B")
 
 
 def encode(array: Any) -> bytes:
