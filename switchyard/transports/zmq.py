@@ -7,14 +7,17 @@ so are receives, so multipart messages never interleave.
 Why our own adapter: pyzmq's ``zmq.FD`` is *edge-triggered*, and every ``send``,
 ``recv`` or read of ``zmq.EVENTS`` may consume the edge. So:
 
-* an operation is always first tried with ``NOBLOCK``; only on ``EAGAIN`` does a
-  task wait;
+* a send is first tried with ``NOBLOCK``; a receive first reads ``EVENTS`` (a
+  failed ``recv`` raises ``zmq.Again``, which costs several times an ``EVENTS``
+  read); only when the socket is not ready does a task wait;
 * one task at a time (the *fd waiter*) waits on the file descriptor with
   ``trio.lowlevel.wait_readable``; a task needing the other direction parks on an
   event keyed by the flag it needs (``POLLIN``/``POLLOUT``);
 * after any operation or ``EVENTS`` read by another task, ``EVENTS`` is checked
-  for the fd waiter's flag and, if it is set, the fd waiter is *poked* (its wait
-  cancelled), because that read may have consumed the edge it was waiting for (if
+  for the fd waiter's flag and, if it is set, the fd waiter is *poked* (woken with
+  ``trio.lowlevel.notify_closing``, which wakes a waiter at the cost of an exception
+  only when it happens, where a cancel scope around every wait costs on every
+  wait), because that read may have consumed the edge it was waiting for (if
   the flag is not set, the next change of state raises a fresh edge); the fd
   waiter then re-reads ``EVENTS``, wakes only parked tasks whose flag is now set
   (no livelock), and goes back to waiting if its own is not;
@@ -139,7 +142,8 @@ class ZmqSocket:
         self._recv_turn = trio.lowlevel.ParkingLot()
         self._fd_waiting = False
         self._fd_flag = 0
-        self._fd_scope: trio.CancelScope | None = None
+        # True while the fd waiter sits in wait_readable (what a poke may wake).
+        self._fd_parked = False
         self._parked: dict[int, trio.Event] = {}
         self._closed = False
         #: Endpoints bound so far, resolved (``tcp://127.0.0.1:*`` shows its port).
@@ -208,22 +212,40 @@ class ZmqSocket:
 
     async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
         """Receive one whole message: ``bytes`` frames, or ``zmq.Frame`` with ``copy=False``."""
-        return await self._operate(self.socket.recv_multipart, (), copy, POLLIN, "_receiving", self._recv_turn)
+        return await self._operate(
+            self.socket.recv_multipart, (), copy, POLLIN, "_receiving", self._recv_turn, ready=False
+        )
 
     async def _operate(
-        self, op: Any, args: tuple[Any, ...], copy: bool, flag: int, turn_flag: str, turn: trio.lowlevel.ParkingLot
+        self,
+        op: Any,
+        args: tuple[Any, ...],
+        copy: bool,
+        flag: int,
+        turn_flag: str,
+        turn: trio.lowlevel.ParkingLot,
+        *,
+        ready: bool = True,
     ) -> Any:
-        """Run ``op(*args, NOBLOCK, copy=copy)`` in this direction's turn, waiting on ``flag`` while EAGAIN."""
+        """Run ``op(*args, NOBLOCK, copy=copy)`` in this direction's turn, waiting on ``flag`` while EAGAIN.
+
+        ``ready=False``: read ``EVENTS`` before the first try instead of trying blind.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         waited = await self._acquire(turn_flag, turn)
         try:
             while True:
                 self._check_open()
+                if not ready:
+                    events = self._events()
+                    if not events & flag:
+                        await self._wait_for(flag, events)  # always waits at least once
+                        waited = ready = True
+                        continue
                 try:
                     result = op(*args, _NOBLOCK, copy=copy)
                 except zmq.Again:
-                    await self._wait_for(flag)
-                    waited = True
+                    ready = False
                     continue
                 except zmq.ZMQError as exc:
                     self._after_op()
@@ -245,6 +267,8 @@ class ZmqSocket:
         once per burst.
         """
         if self._receiving or self._closed:
+            raise trio.WouldBlock
+        if not self._events() & POLLIN:
             raise trio.WouldBlock
         try:
             frames = self.socket.recv_multipart(_NOBLOCK, copy=copy)
@@ -300,21 +324,27 @@ class ZmqSocket:
         Our operation may have consumed the fd's edge; if ``EVENTS`` shows nothing for
         the waiter, the next change of state raises a fresh edge, so it can sleep on.
         """
-        scope = self._fd_scope
-        if scope is not None and self._get_option(_EVENTS) & self._fd_flag:
-            scope.cancel()
+        if self._fd_parked and self._get_option(_EVENTS) & self._fd_flag:
+            self._poke()
+
+    def _events(self) -> int:
+        """Read ``EVENTS``, poking the fd waiter if what it waits for is ready (the read may eat its edge)."""
+        events = self._get_option(_EVENTS)
+        if events & self._fd_flag:
+            self._poke()
+        return events
 
     def _poke(self) -> None:
-        scope = self._fd_scope
-        if scope is not None:
-            scope.cancel()
+        if self._fd_parked:
+            self._fd_parked = False
+            trio.lowlevel.notify_closing(self._fd)  # wakes only the fd waiter (nobody else waits on it)
 
-    async def _wait_for(self, flag: int) -> None:
+    async def _wait_for(self, flag: int, events: int | None = None) -> None:
+        """Return once ``flag`` is set; ``events``: an ``EVENTS`` value just read (saves a read)."""
         while True:
             self._check_open()
-            events = self._get_option(_EVENTS)
-            if events & self._fd_flag:
-                self._poke()  # our EVENTS read may have eaten the edge the fd waiter needs
+            if events is None:
+                events = self._events()
             if events & flag:
                 return
             if self._fd_waiting:
@@ -325,6 +355,7 @@ class ZmqSocket:
                 finally:
                     if self._parked.get(flag) is event:
                         del self._parked[flag]
+                events = None
                 continue
             await self._wait_on_fd(flag)
             return
@@ -334,10 +365,15 @@ class ZmqSocket:
         self._fd_flag = flag
         try:
             while True:
-                with trio.CancelScope() as scope:
-                    self._fd_scope = scope
+                self._fd_parked = True
+                try:
                     await trio.lowlevel.wait_readable(self._fd)
-                self._fd_scope = None
+                except trio.ClosedResourceError:
+                    if self._closed:
+                        raise
+                    # else: poked (see _poke); re-read EVENTS below
+                finally:
+                    self._fd_parked = False
                 self._check_open()
                 events = self._get_option(_EVENTS)
                 for parked_flag in [f for f in self._parked if events & f]:
@@ -345,7 +381,7 @@ class ZmqSocket:
                 if events & flag:
                     return
         finally:
-            self._fd_scope = None
+            self._fd_parked = False
             self._fd_waiting = False
             self._fd_flag = 0
             for event in self._parked.values():
