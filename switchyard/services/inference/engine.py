@@ -12,7 +12,11 @@ back to each caller. A batch runs in a worker thread, unless the model's measure
 run time for that many rows is under ``inline_run_us``: then it runs in the
 batcher's own task, because a thread hop (two OS wake-ups) costs far more than a
 run of a few microseconds, most of all on a loaded host. That bounds how long an
-inline run may hold the event loop; a model that turns slow goes back to threads. While both cores are busy requests pile up,
+inline run may hold the event loop; a model that turns slow goes back to threads.
+Run time is the calling thread's CPU time when onnxruntime runs on that thread
+alone (``intra_op_threads = 1``), so a run that was merely preempted on a busy host
+does not push a tiny model out to threads (where each task then pays the hop on
+the very host that can least afford it). While both cores are busy requests pile up,
 so batches grow exactly when load does; with ``max_delay_ms = 0`` an idle service
 adds no delay at all. ``max_batch_size = 1`` turns batching off.
 
@@ -100,6 +104,20 @@ class Served:
     ok: bool
 
 
+class _PassCounter(trio.abc.Instrument):
+    """Counts the run loop's passes (one I/O check each): a single attribute bump per pass.
+
+    Tells a batcher whether two requests arrived in the same pass (a burst, to batch)
+    or in different ones (lockstep, to run at once) without a task woken per run.
+    """
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.passes += 1
+
+
 @attrs.define(eq=False)
 class _Item:
     rows: np.ndarray
@@ -120,6 +138,8 @@ class Batcher:
         max_delay: float,
         nursery: trio.Nursery,
         inline_below: float = 0.0,
+        cpu_clock: bool = False,
+        passes: _PassCounter | None = None,
     ) -> None:
         self.model = model
         self._limiter = limiter
@@ -134,9 +154,12 @@ class Batcher:
         self._inline_below = inline_below
         # Seconds per row of recent runs (an EWMA); None until a run was measured.
         self._per_row: float | None = None
-        # Set by a run in the caller's task, cleared at the next scheduler pass (see submit).
-        self._ran_now = False
-        self._rearm = trio.lowlevel.ParkingLot()
+        # True: time runs by thread CPU time (onnxruntime runs on the calling thread only).
+        self._clock = time.thread_time if cpu_clock else time.perf_counter
+        # The run loop pass in which a run last happened in a caller's task (see submit);
+        # without a pass counter (no engine), every caller may run at once.
+        self._passes = passes
+        self._ran_in = -1
         self.immediate = 0
 
     async def submit(self, rows: np.ndarray) -> list[dict[str, Any]]:
@@ -148,7 +171,7 @@ class Batcher:
         burst served within one pass thus runs its first request at once and batches
         the rest.
         """
-        immediate = self._run_now(rows)
+        immediate = self._run_now(rows) if self._inline_below > 0 else None
         if immediate is not None:
             results, error = immediate
             if error is not None:
@@ -165,7 +188,9 @@ class Batcher:
 
     def _run_now(self, rows: np.ndarray) -> Any:
         """The outcome of running ``rows`` in the caller's task, or None if it must queue."""
-        if self._ran_now or not self._runs_inline(len(rows)) or self._recv.statistics().current_buffer_used:
+        passes = self._passes
+        this_pass = passes.passes if passes is not None else -2
+        if self._ran_in == this_pass or not self._runs_inline(len(rows)) or self._recv.statistics().current_buffer_used:
             return None
         token = object()
         try:
@@ -173,11 +198,10 @@ class Batcher:
         except trio.WouldBlock:
             return None
         try:
-            outcomes, took = _timed_compute(self.model, [rows])
+            outcomes, took = _timed_compute(self.model, [rows], self._clock)
         finally:
             self._limiter.release_on_behalf_of(token)
-        self._ran_now = True
-        self._rearm.unpark()
+        self._ran_in = this_pass
         self.immediate += 1
         self._record(took, len(rows))
         self.batches += 1
@@ -185,13 +209,15 @@ class Batcher:
         return outcomes[0]
 
     async def rearm(self) -> None:
-        """Clear the ran-now mark once per scheduler pass (runs in the engine's nursery)."""
-        while True:
-            await self._rearm.park()
-            self._ran_now = False
+        """Kept for callers that start it; passes are now counted by an instrument (returns at once)."""
 
     def _record(self, took: float, rows: int) -> None:
         per_row = took / max(1, rows)
+        if self._per_row is not None and self._inline_below > 0:
+            # One stalled run (a page fault, a busy host) must not send a tiny model to
+            # threads for the next several tasks: a sample counts as at most twice the
+            # inline bound, which still moves a model that is really slow past it.
+            per_row = min(per_row, 2 * self._inline_below / max(1, rows))
         self._per_row = per_row if self._per_row is None else 0.8 * self._per_row + 0.2 * per_row
 
     async def run(self) -> None:
@@ -212,7 +238,7 @@ class Batcher:
                 raise
             if self._runs_inline(sum(len(item.rows) for item in batch)):
                 try:
-                    outcomes, took = _timed_compute(self.model, [item.rows for item in batch])
+                    outcomes, took = _timed_compute(self.model, [item.rows for item in batch], self._clock)
                 finally:
                     self._limiter.release_on_behalf_of(token)
                 self.inline_batches += 1
@@ -247,7 +273,9 @@ class Batcher:
 
     async def _execute(self, batch: list[_Item], token: object) -> None:
         try:
-            outcomes, took = await trio.to_thread.run_sync(_timed_compute, self.model, [item.rows for item in batch])
+            outcomes, took = await trio.to_thread.run_sync(
+                _timed_compute, self.model, [item.rows for item in batch], self._clock
+            )
         except BaseException:
             for item in batch:  # cancelled (shutdown): nobody may wait forever
                 item.error = "the inference service is shutting down"
@@ -266,11 +294,13 @@ class Batcher:
             item.done.set()
 
 
-def _timed_compute(model: LoadedModel, arrays: list[np.ndarray]) -> tuple[list[Any], float]:
-    """``model.compute(arrays)`` and the seconds it took (safe in any thread: no state)."""
-    started = time.perf_counter()
+def _timed_compute(
+    model: LoadedModel, arrays: list[np.ndarray], clock: Callable[[], float] = time.perf_counter
+) -> tuple[list[Any], float]:
+    """``model.compute(arrays)`` and the seconds it took by ``clock`` (safe in any thread: no state)."""
+    started = clock()
     outcomes = model.compute(arrays)
-    return outcomes, time.perf_counter() - started
+    return outcomes, clock() - started
 
 
 def _frame_view(frame: Any) -> Any:
@@ -294,6 +324,7 @@ class InferenceEngine:
         self.limiter = trio.CapacityLimiter(threads)
         self._batchers: dict[tuple[str, tuple[int, ...]], Batcher] = {}
         self._nursery: trio.Nursery | None = None
+        self._passes = _PassCounter()
         self.in_flight = 0
         self.stats = {"tasks": 0, "succeeded": 0, "failed": 0, "busy": 0}
         #: Task types served by code instead of a registry model (e.g. voice activity
@@ -307,10 +338,18 @@ class InferenceEngine:
         if self.config.gc_freeze_after_start:
             gc.collect()
             gc.freeze()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        trio.lowlevel.add_instrument(self._passes)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            try:
+                trio.lowlevel.remove_instrument(self._passes)
+            except KeyError:
+                pass  # trio drops an instrument that raised; this one never does
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
         return {
@@ -409,8 +448,9 @@ class InferenceEngine:
                 max_delay=max(0.0, self.config.max_delay_ms) / 1000.0,
                 nursery=self._nursery,
                 inline_below=max(0.0, self.config.inline_run_us) / 1e6,
+                cpu_clock=self.config.session.intra_op_threads == 1,
+                passes=self._passes,
             )
             self._batchers[key] = batcher
             self._nursery.start_soon(batcher.run)
-            self._nursery.start_soon(batcher.rearm)
         return batcher
