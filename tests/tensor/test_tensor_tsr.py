@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from switchyard.services.tensor import tsr
 from switchyard.services.tensor.tsr import TSRError
-from switchyard.services.tensor.tsr_file import load_tsr, save_tsr
+from switchyard.services.tensor.tsr_file import load_tsr, remove_files, save_tsr
 from switchyard.testing.tsr import same_tensor, tsr_arrays, tsr_blobs
 
 DTYPES = [np.float32, np.int8, np.int32]
@@ -211,3 +211,30 @@ def test_truncated_and_oversized_files(tmp_path):
         load_tsr(path, max_size=1000)
     with pytest.raises(FileNotFoundError):
         load_tsr(tmp_path / "missing.tsr")
+
+
+@pytest.mark.parametrize("set_aside", [False, True])
+def test_replacing_a_mapped_file_leaves_the_mapping_alone(tmp_path, set_aside):
+    # A reader holding a result loaded from r.tsr keeps its data when the server
+    # writes the next r.tsr (the old file is unlinked or set aside, never rewritten).
+    path = tmp_path / "r.tsr"
+    first = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: mapped, and space reserved
+    save_tsr(path, first)
+    held = load_tsr(path, mmap_threshold=1)
+    assert isinstance(_backing(held), mmap.mmap)
+    old: list = []
+    save_tsr(path, -first, old=old if set_aside else None)
+    assert len(old) == (1 if set_aside else 0)
+    assert np.array_equal(load_tsr(path), -first)
+    remove_files(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsr"]  # nothing left behind
+    assert np.array_equal(held, first)
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "r.tsr"
+    save_tsr(path, np.ones(4, np.int32))
+    with pytest.raises(TSRError):
+        save_tsr(path, np.ones(4, np.float64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.tsr"]
+    assert np.array_equal(load_tsr(path), np.ones(4, np.int32))

@@ -49,7 +49,7 @@ from switchyard.services.tensor.server import SessionError as SessionError
 from switchyard.services.tensor.server import TechRenaissanceServer as TechRenaissanceServer
 from switchyard.services.tensor.server import TensorSessionServer as TensorSessionServer
 from switchyard.services.tensor.server import load_server_class as load_server_class
-from switchyard.services.tensor.tsr_file import load_tsr, save_tsr
+from switchyard.services.tensor.tsr_file import load_tsr, remove_files, save_tsr
 from switchyard.transports.file_watch import DirectoryWatcher, watch_directory
 
 __all__ = [
@@ -149,6 +149,8 @@ class _FileExchange:
 
     def __init__(self, session: _FileSession) -> None:
         self.session = session
+        #: Replaced result files, set aside to be removed once the request is answered.
+        self.old: list[Path] = []
 
     def _path(self, tag: str) -> Path:
         return self.session.dir / f"{tag}.tsr"
@@ -160,7 +162,7 @@ class _FileExchange:
         )
 
     def store(self, tag: str, array: np.ndarray) -> None:
-        save_tsr(self._path(tag), array)
+        save_tsr(self._path(tag), array, old=self.old)
 
     def discard(self, tag: str) -> None:
         self._path(tag).unlink(missing_ok=True)
@@ -300,7 +302,13 @@ class _FileSession:
         if request.cmd == "exit":
             self.consume_request()
             return False
-        status = await server.execute(request, _FileExchange(self))
+        exchange = _FileExchange(self)
+        try:
+            status = await server.execute(request, exchange)
+        finally:
+            if exchange.old:  # the answer is out: free the old results while the client reads
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(remove_files, exchange.old)
         self.consume_request()
         self._record(status)
         return True
