@@ -88,6 +88,23 @@ async def test_matmul_and_add(tmp_path):
         assert r.shape == (512, 512) and float(r.sum()) == 2 * 512 * 512
 
 
+async def test_a_new_result_leaves_the_held_one_alone_and_nothing_behind(tmp_path):
+    stale = tmp_path / "tr_session_t" / ".r.tsr.999.0.old"  # set aside by a crashed server
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 100)
+    big = np.arange(1 << 18, dtype=np.float32).reshape(512, 512)  # 1 MiB: mapped
+    async with serving(tmp_path) as (client, directory):
+        first = await call(client.calculate, "add", big, big)
+        assert not stale.exists()
+        second = await call(client.calculate, "add", big, -big)
+        # the first result's file was replaced while `first` still maps it
+        assert np.array_equal(first, 2 * big) and not second.any()
+        # the old file goes once the answer is out; the next answer comes after that
+        assert await call(client.fetch_response, "hello you") == "Hello You"
+        assert sorted(p.name for p in directory.glob("*.tsr*")) == ["r.tsr"]
+        assert not list(directory.glob(".*.old")) and not list(directory.glob(".*.tmp"))
+
+
 async def test_two_results_are_comma_separated(tmp_path):
     async with serving(tmp_path) as (client, directory):
         await call(client.send_tensor, np.full((2, 3), 5, np.float32), "a")

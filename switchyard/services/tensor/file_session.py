@@ -117,6 +117,8 @@ async def serve_session(
     directory.mkdir(parents=True, exist_ok=True)
     server.session_id, server.session_dir = session_id, directory
     with _SessionLock(directory):
+        # Results a crashed server had set aside (save_tsr(old=...)) and not removed.
+        remove_files(list(directory.glob(".*.tsr.*.old")))
         session = _FileSession(server, directory)
         try:
             await session.serve(task_status)
