@@ -44,7 +44,7 @@ import attrs
 import trio
 import zmq
 
-__all__ = ["SOCKET_TYPES", "SocketOptions", "ZmqSocket", "default_context", "open_socket"]
+__all__ = ["SOCKET_TYPES", "ReceiveStopped", "SocketOptions", "ZmqSocket", "default_context", "open_socket"]
 
 log = logging.getLogger("switchyard.transports.zmq")
 
@@ -66,9 +66,19 @@ Frame = bytes | bytearray | memoryview | zmq.Frame
 
 # Plain ints: pyzmq's enum members cost an enum construction per flag operation.
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+# pyzmq's multipart helpers combine enum flags per frame (an enum construction each);
+# the frames go out through the backend's single-frame calls with int flags instead.
+_backend_send = zmq.backend.Socket.send
+_backend_recv = zmq.backend.Socket.recv
 _EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 POLLOUT = int(zmq.POLLOUT)
+
+
+class ReceiveStopped(trio.ClosedResourceError):
+    """Raised by a receive after :meth:`ZmqSocket.stop_receiving` (the socket still sends)."""
 
 
 @attrs.frozen
@@ -135,6 +145,8 @@ class ZmqSocket:
         self._fd = cast(int, sock.getsockopt(zmq.FD))
         # EVENTS is an int option; the cast gives the hot path a typed bound method.
         self._get_option = cast(Callable[[int], int], sock.get)
+        self._send_frame = cast(Callable[[Any, int, bool], Any], _backend_send.__get__(sock))
+        self._recv_frame = cast(Callable[[int, bool], Any], _backend_recv.__get__(sock))
         # One sender and one receiver at a time; the rest queue FIFO on a parking lot.
         self._sending = False
         self._receiving = False
@@ -146,6 +158,7 @@ class ZmqSocket:
         self._fd_parked = False
         self._parked: dict[int, trio.Event] = {}
         self._closed = False
+        self._recv_stopped = False
         #: Endpoints bound so far, resolved (``tcp://127.0.0.1:*`` shows its port).
         self.endpoints: list[str] = []
         self._ipc_files: list[tuple[str, tuple[int, int]]] = []
@@ -185,7 +198,7 @@ class ZmqSocket:
 
     async def send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> None:
         """Send ``frames`` as one message; waits while the socket is at its HWM."""
-        await self._operate(self.socket.send_multipart, (frames,), copy, POLLOUT, "_sending", self._send_turn)
+        await self._operate(self._send_frames, (frames,), copy, POLLOUT, "_sending", self._send_turn)
 
     def try_send_multipart(self, frames: Sequence[Frame], *, copy: bool = False) -> bool:
         """Send now if the socket has room and no other task is sending; else False.
@@ -196,7 +209,7 @@ class ZmqSocket:
         if self._sending or self._closed:
             return False
         try:
-            self.socket.send_multipart(frames, _NOBLOCK, copy=copy)
+            self._send_frames(frames, _NOBLOCK, copy=copy)
         except zmq.Again:
             return False
         finally:
@@ -212,9 +225,7 @@ class ZmqSocket:
 
     async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
         """Receive one whole message: ``bytes`` frames, or ``zmq.Frame`` with ``copy=False``."""
-        return await self._operate(
-            self.socket.recv_multipart, (), copy, POLLIN, "_receiving", self._recv_turn, ready=False
-        )
+        return await self._operate(self._recv_frames, (), copy, POLLIN, "_receiving", self._recv_turn, ready=False)
 
     async def _operate(
         self,
@@ -235,7 +246,7 @@ class ZmqSocket:
         waited = await self._acquire(turn_flag, turn)
         try:
             while True:
-                self._check_open()
+                self._check_open(flag)
                 if not ready:
                     events = self._events()
                     if not events & flag:
@@ -266,17 +277,33 @@ class ZmqSocket:
         Not a checkpoint: for loops that drain a burst of messages and checkpoint
         once per burst.
         """
-        if self._receiving or self._closed:
+        if self._receiving or self._closed or self._recv_stopped:
             raise trio.WouldBlock
         if not self._events() & POLLIN:
             raise trio.WouldBlock
         try:
-            frames = self.socket.recv_multipart(_NOBLOCK, copy=copy)
+            frames = self._recv_frames(_NOBLOCK, copy=copy)
         except zmq.Again:
             raise trio.WouldBlock from None
         finally:
             self._after_op()
         return frames
+
+    def stop_receiving(self) -> None:
+        """Make every receive, waiting now or started later, raise :class:`ReceiveStopped`.
+
+        Sending goes on (a server that drains still answers what it has read). A
+        cheaper way to stop a reader than a cancel scope around each of its receives.
+        """
+        if self._recv_stopped:
+            return
+        self._recv_stopped = True
+        if self._fd_flag == POLLIN:
+            self._poke()
+        event = self._parked.pop(POLLIN, None)
+        if event is not None:
+            event.set()
+        self._recv_turn.unpark_all()
 
     async def aclose(self) -> None:
         """Close the socket (LINGER applies); waiters get ``ClosedResourceError``."""
@@ -300,10 +327,30 @@ class ZmqSocket:
         self._ipc_files.clear()
         await trio.lowlevel.checkpoint()
 
+    def _send_frames(self, frames: Sequence[Frame], flags: int, *, copy: bool) -> None:
+        """``send_multipart`` with int flags; a multipart message is queued whole or not at all."""
+        if not frames:
+            raise ValueError("a message needs at least one frame")
+        send = self._send_frame
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            send(frame, flags if i == last else flags | _SNDMORE, copy)
+
+    def _recv_frames(self, flags: int, *, copy: bool) -> list[Any]:
+        """``recv_multipart`` with int flags (the first frame may raise ``zmq.Again``; the rest are there)."""
+        recv = self._recv_frame
+        more = self._get_option
+        parts = [recv(flags, copy)]
+        while more(_RCVMORE):
+            parts.append(recv(flags, copy))
+        return parts
+
     # -- readiness machinery ------------------------------------------------------
-    def _check_open(self) -> None:
+    def _check_open(self, flag: int = 0) -> None:
         if self._closed:
             raise trio.ClosedResourceError("socket closed")
+        if flag == POLLIN and self._recv_stopped:
+            raise ReceiveStopped("this socket no longer receives")
 
     async def _acquire(self, flag: str, turn: trio.lowlevel.ParkingLot) -> bool:
         """Take this direction's turn; True if we had to wait (a checkpoint happened)."""
@@ -342,7 +389,7 @@ class ZmqSocket:
     async def _wait_for(self, flag: int, events: int | None = None) -> None:
         """Return once ``flag`` is set; ``events``: an ``EVENTS`` value just read (saves a read)."""
         while True:
-            self._check_open()
+            self._check_open(flag)
             if events is None:
                 events = self._events()
             if events & flag:
@@ -374,7 +421,7 @@ class ZmqSocket:
                     # else: poked (see _poke); re-read EVENTS below
                 finally:
                     self._fd_parked = False
-                self._check_open()
+                self._check_open(flag)
                 events = self._get_option(_EVENTS)
                 for parked_flag in [f for f in self._parked if events & f]:
                     self._parked.pop(parked_flag).set()

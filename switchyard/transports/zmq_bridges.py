@@ -41,7 +41,7 @@ import zmq
 
 from switchyard.runtime.inline import Blocked, ReadingRole, first_step, resume
 from switchyard.runtime.ratelog import RateLimitedLog
-from switchyard.transports.zmq import Frame, ZmqSocket, open_socket
+from switchyard.transports.zmq import Frame, ReceiveStopped, ZmqSocket, open_socket
 from switchyard.transports.zmq_endpoint import (
     DEFAULT_HARD_MESSAGE_SIZE,
     LIMIT_KEYS_MOVED,
@@ -158,8 +158,10 @@ class _RouterServer:
         self.endpoint: str | None = None
         self._socket: ZmqSocket | None = None
         self._in_flight: trio.Nursery | None = None
-        self._recv_scopes: set[trio.CancelScope] = set()
         self._draining = False
+        #: Receive frames as ``bytes`` (one copy, cheaper than a ``zmq.Frame`` per frame)
+        #: unless handlers get the frames themselves (``multipart=True``: zero-copy).
+        self._recv_copy = True
         self._finished = trio.Event()
         #: The reading role's hand-off and the adaptive policy (``runtime.inline``).
         self._role = ReadingRole(max(1, self.config.max_concurrent), self._read)
@@ -186,22 +188,19 @@ class _RouterServer:
     async def drain(self) -> None:
         """Stop receiving; return once every in-flight request has been answered."""
         self._draining = self._role.closed = True
-        for scope in self._recv_scopes:
-            scope.cancel()
+        if self._socket is not None:
+            self._socket.stop_receiving()  # wakes the reader (no cancel scope per receive)
         await self._finished.wait()
 
     async def _read(self) -> None:
         """The reading role: receive and dispatch until draining or handed to another task."""
         sock = self._socket
         assert sock is not None
+        copy = self._recv_copy
         while not self._draining:
-            with trio.CancelScope() as scope:
-                self._recv_scopes.add(scope)
-                try:
-                    frames = await sock.recv_multipart(copy=False)
-                finally:
-                    self._recv_scopes.discard(scope)
-            if scope.cancelled_caught:
+            try:
+                frames = await sock.recv_multipart(copy=copy)
+            except ReceiveStopped:
                 return
             # Serve the burst already queued without a scheduler pass per message,
             # yielding every so often so other tasks still run.
@@ -219,7 +218,7 @@ class _RouterServer:
                 if served % 64 == 0:
                     await trio.lowlevel.checkpoint()
                 try:
-                    frames = sock.recv_multipart_nowait(copy=False)
+                    frames = sock.recv_multipart_nowait(copy=copy)
                 except trio.WouldBlock:
                     break
 
@@ -356,11 +355,16 @@ class ReqRepServer(_RouterServer):
         self.handler = handler
         self.error_reply = error_reply
         self.multipart = multipart
+        self._recv_copy = not multipart
         self.accept_dealer = accept_dealer
 
     async def _dispatch(self, frames: list[Any], reading: bool, arrival: int) -> bool:
         _current_identity.set(_bytes(frames[0]))
-        split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
+        # [identity, b"", body...] from a REQ peer; a proxied one has more identities
+        if len(frames) > 2 and len(frames[1]) == 0 and len(frames[0]) != 0:
+            split: int | None = 1
+        else:
+            split = next((i for i, f in enumerate(frames) if len(f) == 0), None)
         if split is not None:
             envelope, body_frames = frames[: split + 1], frames[split + 1 :]
         elif self.accept_dealer and len(frames) >= 2:
@@ -431,6 +435,7 @@ class RouterStreamServer(_RouterServer):
         self.supersede = supersede
         self.error_reply = error_reply
         self.multipart = multipart
+        self._recv_copy = not multipart
         self._running: dict[bytes, trio.CancelScope] = {}
         #: Per identity with requests read but not yet started: start them in arrival order.
         self._order: dict[bytes, _ArrivalOrder] = {}
@@ -476,7 +481,7 @@ class RouterStreamServer(_RouterServer):
         _current_identity.set(identity)
         rest = frames[1:]
         prefix: list[Frame] = [identity]
-        if len(rest) > 1 and len(rest[0].buffer) == 0:
+        if len(rest) > 1 and len(rest[0]) == 0:
             prefix.append(b"")
             rest = rest[1:]
         self.stats["requests"] += 1

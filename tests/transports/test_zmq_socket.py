@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from switchyard.testing import ipc_endpoint
-from switchyard.transports.zmq import SocketOptions, open_socket
+from switchyard.transports.zmq import ReceiveStopped, SocketOptions, open_socket
 
 
 def _endpoints(tmp_path: Path) -> list[str]:
@@ -239,3 +239,56 @@ async def test_closing_leaves_a_newer_servers_socket_file_alone(tmp_path: Path) 
             pass
         path.touch()  # stands for the newer server's file
     assert path.exists()
+
+
+async def test_stop_receiving_wakes_every_receiver_and_sending_goes_on() -> None:
+    """A waiting receiver, one queued behind it and any later one get ReceiveStopped; sends still work."""
+    async with open_socket(zmq.ROUTER, bind="tcp://127.0.0.1:*") as router:
+        async with open_socket(zmq.DEALER, connect=router.endpoints[0]) as dealer:
+            await dealer.send(b"hello")
+            identity, body = await router.recv_multipart()
+            assert body == b"hello"
+            stopped: list[str] = []
+
+            async def receiver(name: str) -> None:
+                with pytest.raises(ReceiveStopped):
+                    await router.recv_multipart()
+                stopped.append(name)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver, "first")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(receiver, "second")
+                await trio.testing.wait_all_tasks_blocked()
+                assert stopped == []
+                router.stop_receiving()
+            assert sorted(stopped) == ["first", "second"]
+            with pytest.raises(ReceiveStopped):
+                await router.recv_multipart()
+            with pytest.raises(trio.WouldBlock):
+                router.recv_multipart_nowait()
+            await router.send_multipart([identity, b"still answers"])
+            with trio.fail_after(5):
+                assert await dealer.recv() == b"still answers"
+
+
+async def test_a_receiver_waiting_on_the_fd_is_woken_when_another_task_reads_events() -> None:
+    """The fd waiter (a receiver) must not sleep through a message whose edge a sender's op consumed."""
+    async with open_socket(zmq.DEALER, bind="tcp://127.0.0.1:*") as a:
+        async with open_socket(zmq.DEALER, connect=a.endpoints[0]) as b:
+            got: list[bytes] = []
+
+            async def receive() -> None:
+                for _ in range(50):
+                    got.append(await a.recv())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                for i in range(50):
+                    await b.send(b"%d" % i)
+                    await trio.sleep(0)
+                    await a.send(b"ping")  # an op on a while its receiver waits on the fd
+                with trio.fail_after(5):
+                    while len(got) < 50:
+                        await trio.sleep(0.001)
+            assert got == [b"%d" % i for i in range(50)]
