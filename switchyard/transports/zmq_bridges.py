@@ -30,6 +30,7 @@ Both are used the same way from an actor::
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
@@ -132,6 +133,10 @@ def _as_frames(reply: Frame | Sequence[Frame]) -> list[Frame]:
     return list(reply)
 
 
+#: Reply types that are never awaitable (checked before the slower ``inspect.isawaitable``).
+_PLAIN = (bytes, bytearray, memoryview, list, tuple, zmq.Frame)
+
+
 def _size(frames: Sequence[Any]) -> int:
     return sum(len(f.buffer) if isinstance(f, zmq.Frame) else len(f) for f in frames)
 
@@ -230,12 +235,18 @@ class _RouterServer:
         Returns ``(result, error, handed_off)``: the handler's exception comes back as
         ``error`` so the caller learns ``handed_off`` either way. ``scope`` must not
         have been entered yet; without one no cancel scope is entered at all (they
-        cost more than a non-blocking handler).
+        cost more than a non-blocking handler). A plain (non-async) handler's result
+        needs none either: code that never reaches a checkpoint cannot be cancelled.
         """
         handed_off = False
         try:
+            # a plain handler runs here; an async one only makes its coroutine
+            result = call()
+            if isinstance(result, _PLAIN) or not inspect.isawaitable(result):
+                self._role.record(False)
+                return result, None, False
             with scope if scope is not None else nullcontext():
-                result = first_step(call())
+                result = first_step(result)
                 blocked = isinstance(result, Blocked)
                 self._role.record(blocked)
                 if blocked:

@@ -177,7 +177,9 @@ class RimeStateActor(Actor):
 
     # -- the socket side ---------------------------------------------------------------
 
-    async def _serve_request(self, body: bytes) -> bytes:
+    def _serve_request(self, body: bytes) -> bytes:
+        # Plain, not async: nothing here waits (state lives in this actor), and the
+        # bridge then needs no coroutine and no cancel scope per request.
         client = client_key(current_identity())
         request = parse_rime_request(body, max_bytes=self.config.limits.max_message_size)
         self.stats["requests"] += 1
