@@ -21,6 +21,7 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,6 +214,19 @@ class LoadedModel:
         per_row = [self.session.run(None, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
         return [np.concatenate([row[k] for row in per_row]) for k in range(len(per_row[0]))]
 
+    def _best_of_one(self, raw: np.ndarray) -> dict[str, Any]:
+        """What :meth:`_postprocess` gives for one small row without softmax (same values, no numpy calls)."""
+        scores = [float(v) for v in raw.reshape(-1).tolist()]
+        if not scores or not all(math.isfinite(v) for v in scores):
+            raise ValueError("the model produced NaN or infinite scores")
+        best = max(range(len(scores)), key=scores.__getitem__)  # the first of equal maxima, as argmax
+        labels = self.config.labels
+        return {
+            "label": labels[best] if best < len(labels) else str(best),
+            "class_index": best,
+            "confidence": round(scores[best], 6),
+        }
+
     def _postprocess(self, outputs: list[np.ndarray]) -> list[dict[str, Any]]:
         if self.config.postprocess == "raw":
             rows = len(outputs[0])
@@ -220,7 +234,10 @@ class LoadedModel:
                 {"outputs": {name: out[i].tolist() for name, out in zip(self.output_names, outputs, strict=False)}}
                 for i in range(rows)
             ]
-        scores = np.asarray(outputs[self.output_index], dtype=np.float64)
+        raw = outputs[self.output_index]
+        if len(raw) == 1 and not self.config.softmax and 0 < raw.size <= _SMALL_ROW:
+            return [self._best_of_one(raw)]
+        scores = np.asarray(raw, dtype=np.float64)
         scores = scores.reshape(len(scores), -1)
         if self.config.softmax:
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -238,6 +255,11 @@ class LoadedModel:
             }
             for i, c in zip(best.tolist(), confidence.tolist(), strict=False)
         ]
+
+
+#: A single row with at most this many scores is post-processed in plain Python: numpy's
+#: per-call overhead on a 10-class row costs more than the row's own model run.
+_SMALL_ROW = 64
 
 
 def _load_session(path: Path, options: Any) -> Any:
