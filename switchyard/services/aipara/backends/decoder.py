@@ -238,11 +238,14 @@ class Decoder:
                 for text_so_far, (score, words, splits, last, last_wid) in hyps:
                     new_score = score + gain
                     if text_so_far:
-                        new_score += weight * association(text_so_far[-1], first) + class_weight * class_pmi[last][cls]
+                        new_score += weight * association(text_so_far[-1], first)
+                        if class_weight:
+                            new_score += class_weight * class_pmi[last][cls]
                         if word_pair is not None and wid >= 0 and last_wid >= 0:
                             new_score += word_pair(last_wid, wid)
                     else:
-                        new_score += start_weight * class_start[cls]
+                        if start_weight:
+                            new_score += start_weight * class_start[cls]
                         if word_pair is not None and wid >= 0:
                             new_score += lm_start * word_pair(SENTENCE_START, wid)
                     new_text = text_so_far + word
