@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -171,7 +171,7 @@ class Batcher:
         burst served within one pass thus runs its first request at once and batches
         the rest.
         """
-        immediate = self._run_now(rows) if self._inline_below > 0 else None
+        immediate = self.run_now(rows)
         if immediate is not None:
             results, error = immediate
             if error is not None:
@@ -186,8 +186,15 @@ class Batcher:
         assert item.results is not None
         return item.results
 
-    def _run_now(self, rows: np.ndarray) -> Any:
-        """The outcome of running ``rows`` in the caller's task, or None if it must queue."""
+    def run_now(self, rows: np.ndarray) -> tuple[list[dict[str, Any]] | None, str | None] | None:
+        """``(results, error)`` of running ``rows`` right here, or None if they must queue.
+
+        Runs only when the batcher is idle, a core is free, the model runs inline for
+        this many rows and no other request ran this way since the last scheduler pass
+        (so a burst read in one pass is still batched). Never waits, never raises.
+        """
+        if self._inline_below <= 0:
+            return None
         passes = self._passes
         this_pass = passes.passes if passes is not None else -2
         if self._ran_in == this_pass or not self._runs_inline(len(rows)) or self._recv.statistics().current_buffer_used:
@@ -311,6 +318,25 @@ def _ms_since(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
+@attrs.define(slots=True)
+class _Job:
+    """One parsed request on its way through :meth:`InferenceEngine.begin`."""
+
+    start: float
+    binary: bool
+    task_id: str = ""
+    task_type: str = ""
+    #: ``model_path`` (JSON) or ``model`` (binary), as the request named it.
+    model: str = ""
+    params: dict[str, str] = attrs.Factory(dict)
+    data: bytes | memoryview = b""
+    #: Binary form: the tensor's dtype and full shape (rows first).
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    #: JSON form: the request itself (code-served task types get it).
+    request: TaskRequest | None = None
+
+
 class InferenceEngine:
     """Models, batchers and the task lifecycle for one process. Start with ``nursery.start(engine.run)``."""
 
@@ -364,76 +390,142 @@ class InferenceEngine:
     # -- one request ---------------------------------------------------------------------
     async def serve(self, frames: Sequence[Any]) -> Served:
         """Serve one request given as its body frames (1 frame: JSON, 2: binary)."""
+        served = self.begin(frames)
+        return served if isinstance(served, Served) else await served
+
+    def begin(self, frames: Sequence[Any]) -> Served | Coroutine[Any, Any, Served]:
+        """Serve one request at once if nothing in it has to wait, else return the
+        coroutine that finishes it (await it in the same task, right away).
+
+        A lockstep client's task is served to its end here, with no coroutine and no
+        task switch: parsing, routing to a loaded model, and a run the batcher lets
+        happen at once (see :meth:`Batcher.run_now`). A model still to load, a
+        ``model_path`` still to resolve, a code-served task type (e.g. VAD) or a run
+        that has to queue behind others continues in the coroutine, from what was
+        already parsed. Like :meth:`serve`, never raises for anything a peer sends.
+        """
         start = time.perf_counter()
         binary = len(frames) == 2
-        encode = encode_binary_reply if binary else encode_reply
         self.stats["tasks"] += 1
         if self.in_flight >= self.config.max_in_flight:
             self.stats["busy"] += 1
-            self.stats["failed"] += 1
             task_id = "" if binary or not frames else sniff_task_id(_frame_view(frames[0]))
             message = f"busy: {self.in_flight} tasks in flight (max_in_flight {self.config.max_in_flight})"
-            return Served(encode(TaskReply.failure(task_id, message, _ms_since(start))), None, False)
+            return self._served(_Job(start, binary), TaskReply.failure(task_id, message, _ms_since(start)))
+        if len(frames) not in (1, 2):
+            message = f"a request has 1 frame (JSON) or 2 (binary), not {len(frames)}"
+            return self._served(_Job(start, False), TaskReply.failure("", message))
+        try:
+            job = self._parse_binary(frames, start) if binary else self._parse_json(frames[0], start)
+        except TaskError as exc:
+            job = _Job(start, binary, task_id=exc.task_id, task_type=exc.task_type)
+            return self._served(job, TaskReply.failure(exc.task_id, str(exc), _ms_since(start)))
+        if job.task_type in self.handlers and not binary:
+            return self._serve_later(job)
+        try:
+            model = self.registry.route_now(job.task_type, job.model)
+            if model is None:
+                return self._serve_later(job)
+            rows, batcher = self._prepare(job, model)
+            outcome = batcher.run_now(rows)
+        except (ModelError, TensorError) as exc:
+            return self._served(job, TaskReply.failure(job.task_id, str(exc), _ms_since(start)))
+        if outcome is None:
+            return self._serve_later(job, rows, batcher)
+        results, error = outcome
+        return self._served(job, self._reply(job, results, error))
+
+    async def _serve_later(self, job: _Job, rows: np.ndarray | None = None, batcher: Batcher | None = None) -> Served:
+        """The rest of :meth:`begin` for a task that has to wait (counted in ``in_flight``)."""
         self.in_flight += 1
         try:
-            if binary:
-                reply, task_type, params = await self._serve_binary(frames, start)
-            elif len(frames) == 1:
-                reply, task_type, params = await self._serve_json(frames[0], start)
-            else:
-                reply = TaskReply.failure("", f"a request has 1 frame (JSON) or 2 (binary), not {len(frames)}")
-                task_type, params = "", {}
+            reply = await self._run_job(job, rows, batcher)
         finally:
             self.in_flight -= 1
-        self.stats["succeeded" if reply.ok else "failed"] += 1
-        event = task_event(task_type, reply, params) if task_type else None
-        return Served(encode(reply), event, reply.ok)
+        return self._served(job, reply)
 
-    async def _serve_json(self, frame: Any, start: float) -> tuple[TaskReply, str, dict[str, str]]:
+    async def _run_job(self, job: _Job, rows: np.ndarray | None, batcher: Batcher | None) -> TaskReply:
+        start = job.start
+        handler = self.handlers.get(job.task_type) if job.request is not None else None
+        if handler is not None:
+            assert job.request is not None
+            try:
+                result = await handler(job.request)
+            except ValueError as exc:
+                return TaskReply.failure(job.task_id, str(exc), _ms_since(start))
+            return TaskReply.success(job.task_id, result, _ms_since(start))
         try:
-            request = parse_request(_frame_view(frame), max_input_bytes=self.config.max_input_bytes)
-        except TaskError as exc:
-            return TaskReply.failure(exc.task_id, str(exc), _ms_since(start)), exc.task_type, {}
-        return await self.run_request(request, start), request.task_type, dict(request.params)
+            if rows is None or batcher is None:
+                model = await self.registry.route(job.task_type, job.model)
+                rows, batcher = self._prepare(job, model)
+            results = await batcher.submit(rows)
+        except (ModelError, TensorError) as exc:
+            return TaskReply.failure(job.task_id, str(exc), _ms_since(start))
+        return self._reply(job, results, None)
+
+    def _parse_json(self, frame: Any, start: float) -> _Job:
+        request = parse_request(_frame_view(frame), max_input_bytes=self.config.max_input_bytes)
+        return _Job(
+            start,
+            False,
+            task_id=request.task_id,
+            task_type=request.task_type,
+            model=request.model_path,
+            params=dict(request.params),
+            data=request.input_data,
+            request=request,
+        )
+
+    def _parse_binary(self, frames: Sequence[Any], start: float) -> _Job:
+        request = parse_binary_request([_frame_view(f) for f in frames], max_input_bytes=self.config.max_input_bytes)
+        return _Job(
+            start,
+            True,
+            task_id=request.task_id,
+            task_type=request.task_type,
+            model=request.model,
+            params=dict(request.params),
+            data=request.data,
+            dtype=request.dtype,
+            shape=request.shape,
+        )
+
+    def _prepare(self, job: _Job, model: LoadedModel) -> tuple[np.ndarray, Batcher]:
+        """The task's input rows and its batcher; raises ``ModelError``/``TensorError``."""
+        if job.binary:
+            job.task_type = job.task_type or (model.config.task_types or [model.name])[0]
+        spec = model.spec.with_params(job.params)
+        if job.binary:
+            spec = attrs.evolve(spec, dtype=job.dtype, shape=job.shape[1:])
+        model.check_sample_shape(spec.shape)
+        rows = decode_rows(job.data, spec, rows=job.shape[0] if job.binary else 1)
+        return rows, self._batcher(model, spec.shape)
+
+    def _reply(self, job: _Job, results: list[dict[str, Any]] | None, error: str | None) -> TaskReply:
+        if error is not None:
+            return TaskReply.failure(job.task_id, error, _ms_since(job.start))
+        assert results is not None
+        result: Mapping[str, Any] = {"results": results} if job.binary else results[0]
+        return TaskReply.success(job.task_id, result, _ms_since(job.start))
+
+    def _served(self, job: _Job, reply: TaskReply) -> Served:
+        self.stats["succeeded" if reply.ok else "failed"] += 1
+        event = task_event(job.task_type, reply, job.params) if job.task_type else None
+        return Served((encode_binary_reply if job.binary else encode_reply)(reply), event, reply.ok)
 
     async def run_request(self, request: TaskRequest, start: float | None = None) -> TaskReply:
         """Run a parsed JSON-form task; failures come back as an ``error`` reply."""
-        start = time.perf_counter() if start is None else start
-        handler = self.handlers.get(request.task_type)
-        if handler is not None:
-            try:
-                result = await handler(request)
-            except ValueError as exc:
-                return TaskReply.failure(request.task_id, str(exc), _ms_since(start))
-            return TaskReply.success(request.task_id, result, _ms_since(start))
-        try:
-            model = await self.registry.route(request.task_type, request.model_path)
-            spec = model.spec.with_params(request.params)
-            model.check_sample_shape(spec.shape)
-            rows = decode_rows(request.input_data, spec, rows=1)
-            results = await self._batcher(model, spec.shape).submit(rows)
-        except (ModelError, TensorError) as exc:
-            return TaskReply.failure(request.task_id, str(exc), _ms_since(start))
-        return TaskReply.success(request.task_id, results[0], _ms_since(start))
-
-    async def _serve_binary(self, frames: Sequence[Any], start: float) -> tuple[TaskReply, str, dict[str, str]]:
-        views = [_frame_view(f) for f in frames]
-        try:
-            request = parse_binary_request(views, max_input_bytes=self.config.max_input_bytes)
-        except TaskError as exc:
-            return TaskReply.failure(exc.task_id, str(exc), _ms_since(start)), exc.task_type, {}
-        params = dict(request.params)
-        task_type = request.task_type
-        try:
-            model = await self.registry.route(request.task_type, request.model)
-            task_type = task_type or (model.config.task_types or [model.name])[0]
-            spec = attrs.evolve(model.spec.with_params(params), dtype=request.dtype, shape=request.sample_shape)
-            model.check_sample_shape(spec.shape)
-            rows = decode_rows(request.data, spec, rows=request.rows)
-            results = await self._batcher(model, spec.shape).submit(rows)
-        except (ModelError, TensorError) as exc:
-            return TaskReply.failure(request.task_id, str(exc), _ms_since(start)), task_type, params
-        return TaskReply.success(request.task_id, {"results": results}, _ms_since(start)), task_type, params
+        job = _Job(
+            time.perf_counter() if start is None else start,
+            False,
+            task_id=request.task_id,
+            task_type=request.task_type,
+            model=request.model_path,
+            params=dict(request.params),
+            data=request.input_data,
+            request=request,
+        )
+        return await self._run_job(job, None, None)
 
     def _batcher(self, model: LoadedModel, shape: tuple[int, ...]) -> Batcher:
         key = (model.name, shape)

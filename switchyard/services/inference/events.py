@@ -1,10 +1,11 @@
 """Publishing ``ai_events`` on a ZeroMQ PUB socket without slowing replies down.
 
-Serving code calls :meth:`EventPublisher.publish` (never blocks, never raises). When
-nothing is queued and the socket takes the message at once, it is sent right there,
-in the caller's task (a PUB send never waits: libzmq drops at a subscriber's HWM), so
-a task's event costs no task switch; otherwise it is queued and one task owned by the
-actor drains the queue into the PUB socket, in order. If events are produced
+Serving code calls :meth:`EventPublisher.publish` (never blocks, never raises). The
+event is only queued: one task owned by the actor encodes and sends queued events,
+in order, the whole queued burst per wake-up. That task runs once the caller's
+current step is over, so a task's reply is on the wire before its event is even
+encoded, and a lockstep client's next request never waits behind it (a PUB send
+never waits either: libzmq drops at a subscriber's HWM). If events are produced
 faster than they can be sent, the queue (``capacity`` events) fills and further
 events are dropped, counted in ``stats["dropped"]`` and logged at most once per
 second: a reply is never delayed for an event. Like any ZeroMQ PUB socket, a
@@ -43,7 +44,7 @@ class EventPublisher:
         self.topic = topic
         self.sndhwm = sndhwm
         self.log = logger or logging.getLogger("switchyard.inference.events")
-        self._send, self._recv = trio.open_memory_channel[Sequence[bytes]](capacity)
+        self._send, self._recv = trio.open_memory_channel[TaskEvent | Sequence[bytes]](capacity)
         self._last_drop_log = 0.0
         self._sock: ZmqSocket | None = None
         self.stats = {"published": 0, "dropped": 0}
@@ -56,35 +57,30 @@ class EventPublisher:
             try:
                 task_status.started(sock.endpoints[0])
                 while True:
-                    frames = await self._recv.receive()
+                    queued = await self._recv.receive()
                     while True:  # send the whole queued burst before yielding to the scheduler
+                        frames = encode_event(queued, self.topic) if isinstance(queued, TaskEvent) else queued
                         if not sock.try_send_multipart(frames):
                             await sock.send_multipart(frames)
                         self.stats["published"] += 1
                         try:
-                            frames = self._recv.receive_nowait()
+                            queued = self._recv.receive_nowait()
                         except trio.WouldBlock:
                             break
             finally:
                 self._sock = None
 
     def publish(self, event: TaskEvent) -> None:
-        """Queue ``event`` under this publisher's topic."""
-        self.publish_frames(encode_event(event, self.topic))
+        """Queue ``event``; it is encoded and sent under this publisher's topic by its own task."""
+        self._queue(event)
 
     def publish_frames(self, frames: Sequence[bytes]) -> None:
-        """Send (or queue) an already encoded ``[topic, body]`` message (as scale-out workers send them)."""
-        sock = self._sock
-        # Straight out only when nothing queued would be overtaken.
-        if sock is not None and not self._recv.statistics().current_buffer_used:
-            try:
-                if sock.try_send_multipart(frames):
-                    self.stats["published"] += 1
-                    return
-            except (zmq.ZMQError, trio.ClosedResourceError):
-                pass  # the queue's task sees (and reports) the same failure
+        """Queue an already encoded ``[topic, body]`` message (as scale-out workers send them)."""
+        self._queue(frames)
+
+    def _queue(self, item: TaskEvent | Sequence[bytes]) -> None:
         try:
-            self._send.send_nowait(frames)
+            self._send.send_nowait(item)
         except trio.WouldBlock:
             self.stats["dropped"] += 1
             now = time.monotonic()

@@ -352,6 +352,19 @@ class ModelRegistry:
         return LoadedModel(config, path, session)
 
     # -- routing ---------------------------------------------------------------------------
+    def route_now(self, task_type: str, model_path: str) -> LoadedModel | None:
+        """The loaded model serving this task if no file work is needed to find it
+        (the path was resolved before and the model is loaded), else None: then
+        :meth:`route`. Raises :class:`ModelError` for what is wrong either way."""
+        if model_path:
+            config = self._resolved.get(model_path)
+            if config is None:
+                return None
+        else:
+            config = self._for_task(task_type)
+        _check_task_type(config, task_type)
+        return self._loaded.get(config.name)
+
     async def route(self, task_type: str, model_path: str) -> LoadedModel:
         """The model serving this task, loaded. Raises :class:`ModelError` saying why not."""
         if model_path:
@@ -361,17 +374,17 @@ class ModelRegistry:
                 if len(self._resolved) >= 4096:
                     self._resolved.clear()
                 self._resolved[model_path] = config
-            if config.task_types and task_type and task_type not in config.task_types:
-                raise ModelError(
-                    f"model {config.name!r} serves task types {', '.join(config.task_types)}, not {task_type!r}"
-                )
         else:
-            found = self._by_task.get(task_type)
-            if found is None:
-                known = ", ".join(self.task_types) or "(none)"
-                raise ModelError(f"unknown task_type {task_type!r}; known task types: {known}")
-            config = found
+            config = self._for_task(task_type)
+        _check_task_type(config, task_type)
         return await self.load(config.name)
+
+    def _for_task(self, task_type: str) -> ModelConfig:
+        found = self._by_task.get(task_type)
+        if found is None:
+            known = ", ".join(self.task_types) or "(none)"
+            raise ModelError(f"unknown task_type {task_type!r}; known task types: {known}")
+        return found
 
     def _inside(self, model_path: str) -> Path | None:
         """``model_path`` resolved inside the models directory, or ``None`` if it leads out."""
@@ -403,6 +416,11 @@ class ModelRegistry:
             raise ModelError(f"model_path {model_path!r} is not an ONNX model")
         declared_list = ", ".join(f"{m.name} ({m.path})" for m in self._by_name.values()) or "(none)"
         raise ModelError(f"model_path {model_path!r} is not a declared model; declared: {declared_list}")
+
+
+def _check_task_type(config: ModelConfig, task_type: str) -> None:
+    if config.task_types and task_type and task_type not in config.task_types:
+        raise ModelError(f"model {config.name!r} serves task types {', '.join(config.task_types)}, not {task_type!r}")
 
 
 def _looks_like_onnx(path: Path) -> bool:

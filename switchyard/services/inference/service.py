@@ -20,6 +20,7 @@ one at a time, so no batching across asks), ``await ref.ask("status")`` the coun
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -158,8 +159,18 @@ class InferenceActor(Actor):
     async def on_stop(self) -> None:
         await self.server.drain()
 
-    async def _serve_frames(self, frames: list[Any]) -> bytes:
-        served: Served = await self.engine.serve(frames)
+    def _serve_frames(self, frames: list[Any]) -> bytes | Coroutine[Any, Any, bytes]:
+        """The reply to one request: at once when the engine serves it without waiting
+        (a plain call for the bridge: no coroutine, no cancel scope), else a coroutine."""
+        served = self.engine.begin(frames)
+        if isinstance(served, Served):
+            return self._finish(served, frames)
+        return self._finish_later(served, frames)
+
+    async def _finish_later(self, pending: Coroutine[Any, Any, Served], frames: list[Any]) -> bytes:
+        return self._finish(await pending, frames)
+
+    def _finish(self, served: Served, frames: list[Any]) -> bytes:
         if not served.ok:
             kind = "binary" if len(frames) == 2 else "json"
             self.failures("task failed (%s): %s", kind, served.reply[:300].decode("utf-8", "replace"))
