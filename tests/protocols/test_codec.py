@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -56,3 +57,54 @@ def test_get_codec() -> None:
     assert get_codec("json") is json_codec and get_codec("msgpack") is msgpack_codec
     with pytest.raises(CodecError, match="unknown codec"):
         get_codec("xml")
+
+
+_stdlib = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+#: Values where orjson and the stdlib differ in what they accept or how they write it.
+_awkward = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.floats(),  # NaN and infinities included
+        st.integers(min_value=-(2**80), max_value=2**80),  # beyond 64 bits too
+        st.text(),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(), st.integers(), st.booleans()), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@given(_awkward)
+def test_json_encode_accepts_refuses_and_means_what_the_stdlib_does(value: object) -> None:
+    try:
+        expected = _stdlib.encode(value).encode("utf-8")
+    except (TypeError, ValueError):
+        with pytest.raises(CodecError):
+            json_codec.encode(value)
+        return
+    got = json_codec.encode(value)
+    assert json.loads(got) == json.loads(expected)
+
+
+def test_json_encode_falls_back_for_subclasses_and_refuses_what_the_stdlib_refuses() -> None:
+    import dataclasses
+    import datetime
+
+    class Name(str):
+        pass
+
+    assert json_codec.encode({Name("k"): Name("v")}) == b'{"k":"v"}'
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for refused in (Point(1), datetime.datetime(2025, 1, 1), {1.5: math.nan}):
+        with pytest.raises(CodecError):
+            json_codec.encode(refused)
+    assert json_codec.encode({"n": None, "big": 2**70}) == b'{"n":null,"big":1180591620717411303424}'

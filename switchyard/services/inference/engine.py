@@ -161,6 +161,8 @@ class Batcher:
         self._passes = passes
         self._ran_in = -1
         self.immediate = 0
+        #: Requests in the channel, not yet taken by :meth:`run` (cheaper than its statistics()).
+        self._queued = 0
 
     async def submit(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Results for ``rows`` (one dict per row); raises :class:`ModelError` if the run failed.
@@ -180,6 +182,7 @@ class Batcher:
             return results
         item = _Item(rows)
         self._send.send_nowait(item)
+        self._queued += 1
         await item.done.wait()
         if item.error is not None:
             raise ModelError(item.error)
@@ -197,17 +200,13 @@ class Batcher:
             return None
         passes = self._passes
         this_pass = passes.passes if passes is not None else -2
-        if self._ran_in == this_pass or not self._runs_inline(len(rows)) or self._recv.statistics().current_buffer_used:
+        if self._ran_in == this_pass or self._queued or not self._runs_inline(len(rows)):
             return None
-        token = object()
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(token)
-        except trio.WouldBlock:
+        # A free core, read rather than acquired: nothing can take it while this run
+        # holds the event loop, so it is as good as borrowed for the run's length.
+        if self._limiter.available_tokens < 1:
             return None
-        try:
-            outcomes, took = _timed_compute(self.model, [rows], self._clock)
-        finally:
-            self._limiter.release_on_behalf_of(token)
+        outcomes, took = _timed_compute(self.model, [rows], self._clock)
         self._ran_in = this_pass
         self.immediate += 1
         self._record(took, len(rows))
@@ -231,8 +230,11 @@ class Batcher:
         """Collect and launch batches forever (runs in the engine's nursery)."""
         carry: _Item | None = None
         while True:
-            first = carry if carry is not None else await self._recv.receive()
-            carry = None
+            if carry is None:
+                first = await self._recv.receive()
+                self._queued -= 1
+            else:
+                first, carry = carry, None
             token = object()
             try:  # a free core is taken without a scheduler trip
                 self._limiter.acquire_on_behalf_of_nowait(token)
@@ -263,6 +265,7 @@ class Batcher:
         while rows < self._max_rows:
             try:
                 item = self._recv.receive_nowait()
+                self._queued -= 1
             except trio.WouldBlock:
                 if self._max_delay <= 0 or trio.current_time() >= deadline:
                     break
@@ -271,6 +274,7 @@ class Batcher:
                     late = await self._recv.receive()
                 if late is None:
                     break
+                self._queued -= 1
                 item = late
             if rows + len(item.rows) > self._max_rows:
                 return batch, item  # starts the next batch
