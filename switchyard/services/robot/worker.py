@@ -313,7 +313,13 @@ class RobotWorkerActor(Actor):
             data = {k: v for k, v in payload.items() if k != "params"}
         if command == "process" and not isinstance(params, dict):
             return ack("error", "process needs {params: {object, method, args}}")
-        async with self._lock:
+        # A free lock is taken without a checkpoint (the call below always waits):
+        # one scheduler pass less per command.
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
             if command != "stop" and not (self._worker is not None and self._worker.loaded):
                 copied = await trio.to_thread.run_sync(robot_project.ensure_current, self.projects)
                 if copied:
@@ -353,25 +359,30 @@ class RobotWorkerActor(Actor):
                 f"the worker process crashed during {what} (exit code {code}); it was restarted (loaded state is lost)",
                 {"error_type": "WorkerCrashed", "exit_code": code},
             )
+        finally:
+            self._lock.release()
 
     async def _call(self, worker: _Process, request: dict[str, Any], timeout: float) -> _Outcome:
         body = json_codec.encode(request)
         raw: bytes | None = None
         worker.busy = True
-        try:
-            with trio.move_on_after(timeout) as timer:
-                with trio.CancelScope() as scope:
-                    worker.call_scope = scope
-                    if worker.exited.is_set():
-                        scope.cancel()
-                    try:
-                        await worker.req.send(body)
-                        raw = await worker.req.recv()
-                    except trio.ClosedResourceError:
-                        pass  # the process is gone and its socket closed with it
-        finally:
-            worker.call_scope = None
-            worker.busy = False
+        # One scope for both ends of a call: the deadline, and _watch_exit cancelling it
+        # when the process exits (told apart below by worker.exited).
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            worker.call_scope = scope
+            if worker.exited.is_set():
+                scope.cancel()
+            try:
+                # REQ is lockstep and the receive always waits (a checkpoint), so a send
+                # that can go now goes without one of its own
+                if not worker.req.try_send_multipart((body,)):
+                    await worker.req.send(body)
+                raw = await worker.req.recv()
+            except trio.ClosedResourceError:
+                pass  # the process is gone and its socket closed with it
+            finally:
+                worker.call_scope = None
+                worker.busy = False
         if raw is not None:
             try:
                 reply = json_codec.decode(raw)
@@ -387,7 +398,7 @@ class RobotWorkerActor(Actor):
             return _Outcome(ack(reply["status"], message, data))
         if worker.exited.is_set() or worker.req.closed:
             return _Outcome(crashed=True)
-        return _Outcome(timed_out=timer.cancelled_caught)
+        return _Outcome(timed_out=scope.cancelled_caught)
 
     # -- the process --------------------------------------------------------------
     async def _spawn(self) -> None:
