@@ -427,7 +427,10 @@ class SocketClient:
         if timeout is not None:
             deadlines.add(pending)
         try:
-            await conn.wait_answer(pending)
+            if conn.free_to_read():  # the usual lone request: it reads its answer itself
+                await conn.read_for(pending)
+            if not pending.done:
+                await conn.wait_answer(pending)
         except BaseException:  # cancelled by our caller: tell the server not to bother
             if conn.pending.pop(id, None) is not None and self._nursery is not None:
                 self._nursery.start_soon(self._send_cancel, conn, id)

@@ -107,13 +107,13 @@ class ClientConnection:
                 if self.framed.closed or self._backlog:
                     await pending.park()  # the drop fails it / the idle reader catches up first
                 elif reader is None:
-                    await self._read_for(pending)
+                    await self.read_for(pending)
                 elif reader is IDLE and self._idle_wait is not None:
                     # The idle reader only waits for bytes: take over. The abort is
                     # synchronous, so the socket is free for this task right away.
                     self._idle_wait.cancel()
                     self._idle_wait = None
-                    await self._read_for(pending)
+                    await self.read_for(pending)
                 else:
                     await pending.park()
         finally:
@@ -127,12 +127,26 @@ class ClientConnection:
         if self._reader is pending:
             self._waker.wake()
 
-    async def _read_for(self, pending: Pending) -> None:
+    def free_to_read(self) -> bool:
+        """Whether a request may take the reading role right now (nobody holds it, nothing waits)."""
+        return self._reader is None and not self._backlog and not self.framed.closed
+
+    async def read_for(self, pending: Pending) -> None:
+        """Hold the reading role until ``pending`` is settled (or the role must go to
+        the idle reader); only when :meth:`free_to_read`. :meth:`wait_answer` does the rest."""
         self._reader = pending
         framed = self.framed
+        reader = framed.reader
+        waker = self._waker
         try:
-            while self._drain_now() and not pending.done and not framed.closed:
-                await self._waker.wait()
+            while True:
+                # Parse only when bytes are buffered: most often the buffer is
+                # empty before the wait and holds exactly the answer after it.
+                if (reader.buffered or self._backlog) and not self._drain_now():
+                    break
+                if pending.done or framed.closed:
+                    break
+                await waker.wait()
                 self._receive()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.end("closed")
@@ -265,7 +279,8 @@ class ClientConnection:
         """Handle every buffered message that needs no waiting; False once one does (or the end)."""
         if self._backlog:
             return False
-        while (message := self._next_message()) is not None:
+        reader = self.framed.reader
+        while reader.buffered and (message := self._next_message()) is not None:
             if not self._handle_now(message):
                 self._backlog.append(message)
                 return False

@@ -179,8 +179,10 @@ class FramedConnection:
         """
         reader, fd = self.reader, self._fd
         while True:
-            # Drain first: a handshake may have left messages in the buffer.
-            while True:
+            # Drain first: a handshake may have left messages in the buffer. Parse
+            # only while bytes are buffered (after a read they most often hold
+            # exactly one message).
+            while reader.buffered:
                 try:
                     message = reader.next_message()
                 except BadMessage as exc:

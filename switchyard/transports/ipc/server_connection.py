@@ -299,9 +299,7 @@ class ServerConnection:
         try:
             try:
                 result = first_step(handler(message.data))
-                blocked = isinstance(result, Blocked)
-                self.role.record(blocked)
-                if blocked:
+                if isinstance(result, Blocked):
                     # From here on no cancel scope may be entered around the coroutine
                     # (it may hold scopes of its own): only the task's.
                     _current.reset(token)  # the new reader must not inherit this request
