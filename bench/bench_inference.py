@@ -27,9 +27,13 @@ Run: ``python -m bench.bench_inference`` (part of ``make bench``), ~35 s.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -350,6 +354,82 @@ def with_server(target: Any, args: tuple, measure: Any) -> Any:
         return measure(endpoint)
 
 
+# -- the meeting system's own client: Go, REQ behind a mutex (tests/inference/go_peer) ----
+GO_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "inference" / "go_peer" / "main.go"
+
+
+def go_peer(folder: Path) -> tuple[Path | None, str]:
+    """The built Go peer and its pixels file's folder, or ``(None, why not)``."""
+    from switchyard.apps.models import digits_heldout
+    from switchyard.testing.go import GoUnavailable, build_go
+
+    try:
+        peer = build_go(GO_SOURCE, folder / "inference_peer")
+    except GoUnavailable as exc:
+        return None, str(exc)
+    (folder / "pixels.bin").write_bytes(digits_heldout().pixels.astype(np.uint8).tobytes())
+    return peer, ""
+
+
+def go_client(peer: Path, endpoint: str, tasks: int) -> tuple[float, float, float, int]:
+    """tasks/s, p50 and p99 (ms) and errors of the Go client sending ``tasks`` in lockstep."""
+    done = subprocess.run(
+        [str(peer), "client", endpoint, str(tasks), str(peer.parent / "pixels.bin"), "/models/digits_mlp.onnx"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    out = json.loads(done.stdout)
+    return out["tasks"] / out["seconds"], out["p50_us"] / 1e3, out["p99_us"] / 1e3, out["tasks"] - out["ok"]
+
+
+def go_echo_run(peer: Path, tasks: int) -> tuple[float, float, float, int]:
+    """The Go client against a bare Go REP echo (the baseline the meeting system's checks use)."""
+    from switchyard.testing import free_tcp_endpoint
+
+    endpoint = free_tcp_endpoint()
+    with subprocess.Popen([str(peer), "echo", endpoint], stdout=subprocess.PIPE, text=True) as echo:
+        try:
+            assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+            rate, p50, tail, _ = go_client(peer, endpoint, tasks)
+            return rate, p50, tail, 0  # the echo's fixed reply names no task: not an error here
+        finally:
+            echo.kill()
+
+
+def go_rows(runs: int) -> tuple[list[list[Any]], str]:
+    """Rows for the Go client table (interleaved runs), or ``([], why not)``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peer, why = go_peer(Path(tmp))
+        if peer is None:
+            return [], why
+        echo, service, ratios = [], [], []
+        for _ in range(runs):
+            echo.append(go_echo_run(peer, SINGLE_TASKS))
+            service.append(
+                with_server(serve_inference, (64, True, INLINE_US), lambda ep: go_client(peer, ep, SINGLE_TASKS))
+            )
+            ratios.append(service[-1][0] / echo[-1][0])
+    rows = []
+    for label, got, vs in (
+        ("bare Go REP echo (baseline)", echo, "1.00x"),
+        ("service, batching on", service, f"{median(ratios):.2f}x"),
+    ):
+        rows.append(
+            [
+                f"{label}, Go REQ client, lockstep",
+                fmt(median([g[0] for g in got])),
+                vs,
+                f"{median([g[1] for g in got]):.2f}",
+                f"{median([g[2] for g in got]):.2f}",
+                sum(g[3] for g in got),
+            ]
+        )
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return rows, spread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=RUNS)
@@ -397,6 +477,7 @@ def main() -> None:
 
             with_server(serve_inference, (batch, freeze, inline_us), measure)
     broker = with_server(serve_broker, (2,), lambda ep: many_clients(ep, CLIENTS, args.seconds))
+    go_table, go_spread = go_rows(args.runs)
 
     def summary(key: tuple[str, str]) -> tuple[float, float, float, float, int]:
         """Median over runs of tasks/s, p50 and p99; the worst run's p99; total errors.
@@ -442,6 +523,22 @@ def main() -> None:
         rows,
     )
 
+    if go_table:
+        body += "\n\n" + table(
+            [
+                "the meeting system's Go client (REQ behind a mutex, cgo libzmq)",
+                "tasks/s",
+                "vs Go REP echo",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+            ],
+            go_table,
+        )
+        body += f"\n\nvs Go REP echo: median of per-run ratios (range {go_spread}), the two measured back to back."
+    else:
+        body += f"\n\nGo client rows not run: {go_spread}."
+
     closed = f"{CLIENTS} DEALERs, closed loop"
     paced = f"{CLIENTS} DEALERs, open loop {PACED_RATE:,}/s"
     on = summary(("batching on", closed))[0]
@@ -453,7 +550,14 @@ def main() -> None:
         return "met" if ok else "NOT met"
 
     lock_on = summary(("batching on", lockstep))[0]
+    go_ratio = go_table[1][2] if go_table else "not run"
     goal_rows = [
+        [
+            "Go REQ client lockstep vs a bare Go REP echo (same client)",
+            go_ratio,
+            ">= 0.50x",
+            verdict(bool(go_table) and float(go_ratio.rstrip("x")) >= 0.5),
+        ],
         [
             "1 REQ client lockstep vs a bare REP echo (same client)",
             ratio(lock_on, echo_rate),
