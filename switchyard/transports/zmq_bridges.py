@@ -34,7 +34,6 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
-from functools import partial
 from typing import Any
 
 import trio
@@ -202,51 +201,44 @@ class _RouterServer:
         sock = self._socket
         assert sock is not None
         copy = self._recv_copy
+        role = self._role
+        served = 0
         while not self._draining:
+            # A message already queued costs no scheduler pass (the receive checkpoints
+            # only when it waits), so a burst is served in one go, yielding every so
+            # often so other tasks still run.
             try:
-                frames = await sock.recv_multipart(copy=copy)
+                frames = await sock.recv_multipart_burst(copy=copy)
             except ReceiveStopped:
                 return
-            # Serve the burst already queued without a scheduler pass per message,
-            # yielding every so often so other tasks still run.
-            served = 0
-            while True:
-                # Handlers that mostly block (an ask, a batching model) get a task each
-                # straight away, so a whole burst reaches them in one scheduler pass;
-                # the others run inline.
-                arrival = self._arrived(frames)
-                if self._role.mostly_blocks and self._spawn(frames, arrival):
-                    pass
-                elif await self._dispatch(frames, True, arrival) or self._draining:
-                    return  # handed off (another task reads now) or draining
-                served += 1
-                if served % 64 == 0:
-                    await trio.lowlevel.checkpoint()
-                try:
-                    frames = sock.recv_multipart_nowait(copy=copy)
-                except trio.WouldBlock:
-                    break
+            # Handlers that mostly block (an ask, a batching model) get a task each
+            # straight away, so a whole burst reaches them in one scheduler pass;
+            # the others run inline.
+            arrival = self._arrived(frames)
+            if role.mostly_blocks and self._spawn(frames, arrival):
+                pass
+            elif await self._dispatch(frames, True, arrival):
+                return  # handed off: another task reads now
+            served += 1
+            if served % 64 == 0:
+                await trio.lowlevel.checkpoint()
 
-    async def _call(
-        self, call: Callable[[], Any], scope: trio.CancelScope | None, reading: bool
+    async def _run(
+        self, awaitable: Any, scope: trio.CancelScope | None, reading: bool
     ) -> tuple[Any, Exception | None, bool]:
-        """Run ``call()`` (under ``scope``, if given); if it blocks in the reading task, hand the reading role on.
+        """Finish an async handler's ``awaitable`` (under ``scope``, if given); if it blocks in the reading task, hand the reading role on.
 
         Returns ``(result, error, handed_off)``: the handler's exception comes back as
         ``error`` so the caller learns ``handed_off`` either way. ``scope`` must not
         have been entered yet; without one no cancel scope is entered at all (they
         cost more than a non-blocking handler). A plain (non-async) handler's result
-        needs none either: code that never reaches a checkpoint cannot be cancelled.
+        never comes here and needs no scope: code that never reaches a checkpoint
+        cannot be cancelled.
         """
         handed_off = False
         try:
-            # a plain handler runs here; an async one only makes its coroutine
-            result = call()
-            if isinstance(result, _PLAIN) or not inspect.isawaitable(result):
-                self._role.record(False)
-                return result, None, False
             with scope if scope is not None else nullcontext():
-                result = first_step(result)
+                result = first_step(awaitable)
                 blocked = isinstance(result, Blocked)
                 self._role.record(blocked)
                 if blocked:
@@ -259,6 +251,13 @@ class _RouterServer:
         except Exception as exc:
             return None, exc, handed_off
         return result, None, handed_off
+
+    def _is_plain(self, result: Any) -> bool:
+        """True (and counted as a handler that did not block) if ``result`` is a reply, not an awaitable."""
+        if isinstance(result, _PLAIN) or not inspect.isawaitable(result):
+            self._role.record(False)
+            return True
+        return False
 
     def _spawn(self, frames: list[Any], arrival: int) -> bool:
         """Serve ``frames`` in a task of its own if a slot is free; False if none is."""
@@ -323,6 +322,10 @@ class _RouterServer:
         sock = self._socket
         if sock is not None and self._try_send(sock, frames):
             return False
+        return await self._send_waiting(frames, reading)
+
+    async def _send_waiting(self, frames: list[Frame], reading: bool) -> bool:
+        """:meth:`_send_after_handler` once a first try found no room."""
         handed_off = reading and self._role.hand_off()
         try:
             await self._send(frames)
@@ -334,7 +337,8 @@ class _RouterServer:
     def _check_size(self, body: Sequence[Any]) -> None:
         limit = self.config.max_message_size
         if limit > 0:
-            size = _size(body)
+            first = body[0] if len(body) == 1 else None
+            size = len(first) if type(first) is bytes else _size(body)
             if size > limit:
                 self.stats["too_large"] += 1
                 raise MessageTooLarge(size, limit)
@@ -370,22 +374,23 @@ class ReqRepServer(_RouterServer):
         self.accept_dealer = accept_dealer
 
     async def _dispatch(self, frames: list[Any], reading: bool, arrival: int) -> bool:
-        _current_identity.set(_bytes(frames[0]))
+        identity = frames[0]
+        _current_identity.set(identity if type(identity) is bytes else _bytes(identity))
         # [identity, b"", body...] from a REQ peer; a proxied one has more identities
-        if len(frames) > 2 and len(frames[1]) == 0 and len(frames[0]) != 0:
+        if len(frames) > 2 and len(frames[1]) == 0 and len(identity) != 0:
             split: int | None = 1
         else:
             split = next((i for i, f in enumerate(frames) if len(f) == 0), None)
         if split is not None:
-            envelope, body_frames = frames[: split + 1], frames[split + 1 :]
+            cut = split + 1
         elif self.accept_dealer and len(frames) >= 2:
-            # a DEALER peer in lockstep: [identity, body] in, [identity, reply] out
-            envelope, body_frames = frames[:1], frames[1:]
+            cut = 1  # a DEALER peer in lockstep: [identity, body] in, [identity, reply] out
         else:
             self.stats["malformed"] += 1
             self._bad("dropped a message without a REQ envelope (%d frames)", len(frames))
             return False
         self.stats["requests"] += 1
+        body_frames = frames[cut:]
         body: Any = body_frames
         handed_off = False
         try:
@@ -393,14 +398,19 @@ class ReqRepServer(_RouterServer):
             if not self.multipart:
                 if len(body_frames) != 1:
                     raise MalformedEnvelope(f"expected a one-frame request, got {len(body_frames)} frames")
-                body = _bytes(body_frames[0])
-            timeout = self.config.request_timeout
-            scope = trio.CancelScope(relative_deadline=timeout) if timeout > 0 else None
-            reply, error, handed_off = await self._call(partial(self.handler, body), scope, reading)
-            if error is not None:
-                raise error
-            if scope is not None and scope.cancelled_caught:
-                raise HandlerTimeout(timeout)
+                body = body_frames[0]
+                if type(body) is not bytes:
+                    body = _bytes(body)
+            # a plain handler runs here; an async one only makes its coroutine
+            reply: Any = self.handler(body)
+            if not self._is_plain(reply):
+                timeout = self.config.request_timeout
+                scope = trio.CancelScope(relative_deadline=timeout) if timeout > 0 else None
+                reply, error, handed_off = await self._run(reply, scope, reading)
+                if error is not None:
+                    raise error
+                if scope is not None and scope.cancelled_caught:
+                    raise HandlerTimeout(timeout)
         except Exception as exc:
             self.stats["errors"] += 1
             self._bad("request failed: %s: %s", type(exc).__name__, exc, exc=exc)
@@ -409,11 +419,15 @@ class ReqRepServer(_RouterServer):
             except Exception as inner:  # the client must still get a reply
                 self.log.error("error_reply raised %r; sending a plain-text error", inner)
                 reply = f"error: {type(exc).__name__}: {exc}".encode()
+        out = frames[:cut]
+        if type(reply) is bytes:
+            out.append(reply)
+        else:
+            out.extend(_as_frames(reply))
+        sock = self._socket
         try:
-            handed_off = (
-                await self._send_after_handler([*envelope, *_as_frames(reply)], reading and not handed_off)
-                or handed_off
-            )
+            if sock is None or not self._try_send(sock, out):
+                handed_off = await self._send_waiting(out, reading and not handed_off) or handed_off
         except PeerGone:
             self._bad("client left or stopped reading before its reply was sent")
         return handed_off
@@ -514,9 +528,11 @@ class RouterStreamServer(_RouterServer):
                 if len(rest) != 1:
                     raise MalformedEnvelope(f"expected a one-frame request, got {len(rest)} frames")
                 body = _bytes(rest[0])
-            _, error, handed_off = await self._call(partial(self.handler, identity, body, send), scope, reading)
-            if error is not None:
-                raise error
+            result = self.handler(identity, body, send)
+            if not self._is_plain(result):
+                _, error, handed_off = await self._run(result, scope, reading)
+                if error is not None:
+                    raise error
             if scope.cancelled_caught and timeout > 0 and trio.current_time() >= scope.deadline:
                 raise HandlerTimeout(timeout)
         except PeerGone:
