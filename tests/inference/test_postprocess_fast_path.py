@@ -44,3 +44,16 @@ async def test_one_row_with_nan_is_refused_like_the_numpy_path(digits: object) -
         digits._postprocess(outputs)  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="NaN or infinite"):
         _numpy_path(digits, outputs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+async def test_one_row_with_infinity_or_huge_scores(digits: object, dtype: type) -> None:
+    index = digits.output_index  # type: ignore[attr-defined]
+    outputs = [np.zeros((1,), dtype=np.int64), np.zeros((1, 10), dtype=dtype)]
+    outputs[index][0, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        digits._postprocess(outputs)  # type: ignore[attr-defined]
+    big = np.finfo(dtype).max
+    outputs[index][0, :] = big  # finite, though their sum is not: still a valid answer
+    outputs[index][0, 5] = -big
+    assert digits._postprocess(outputs) == _numpy_path(digits, outputs)  # type: ignore[attr-defined]

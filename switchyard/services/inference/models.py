@@ -210,21 +210,24 @@ class LoadedModel:
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
         if self.batchable or len(batch) == 1:
-            return self.session.run(None, {self.input_name: batch})
-        per_row = [self.session.run(None, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
+            return self.session.run(self.output_names, {self.input_name: batch})
+        per_row = [self.session.run(self.output_names, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
         return [np.concatenate([row[k] for row in per_row]) for k in range(len(per_row[0]))]
 
     def _best_of_one(self, raw: np.ndarray) -> dict[str, Any]:
         """What :meth:`_postprocess` gives for one small row without softmax (same values, no numpy calls)."""
-        scores = [float(v) for v in raw.reshape(-1).tolist()]
-        if not scores or not all(math.isfinite(v) for v in scores):
-            raise ValueError("the model produced NaN or infinite scores")
-        best = max(range(len(scores)), key=scores.__getitem__)  # the first of equal maxima, as argmax
+        scores: list[float] = raw.reshape(-1).tolist()
+        if raw.dtype.kind == "f":
+            # a sum of float32 scores cannot overflow a float64: it is finite iff every score is
+            finite = math.isfinite(sum(scores)) if raw.dtype.itemsize <= 4 else all(map(math.isfinite, scores))
+            if not finite:
+                raise ValueError("the model produced NaN or infinite scores")
+        best = scores.index(max(scores))  # the first of equal maxima, as argmax
         labels = self.config.labels
         return {
             "label": labels[best] if best < len(labels) else str(best),
             "class_index": best,
-            "confidence": round(scores[best], 6),
+            "confidence": round(float(scores[best]), 6),
         }
 
     def _postprocess(self, outputs: list[np.ndarray]) -> list[dict[str, Any]]:
