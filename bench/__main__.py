@@ -63,8 +63,15 @@ def ratio_cells(markdown: str) -> dict[tuple[str, str, int], float]:
     return cells
 
 
+#: Rows whose ratio is a parallel speed-up (two processes against one): with one of the
+#: two cores taken by the burner there is no second core to scale onto, whatever the
+#: code does, so they are shown but not counted against the rule.
+SCALING_ROWS = re.compile(r"^2 worker processes")
+
+
 def stability(quiet: str, loaded: str) -> tuple[str, int]:
-    """The loaded-vs-quiet table over all ratio cells, and how many fell below KEEP."""
+    """The loaded-vs-quiet table over all ratio cells, and how many fell below KEEP
+    (parallel speed-up rows, :data:`SCALING_ROWS`, are listed but not counted)."""
     q, ld = ratio_cells(quiet), ratio_cells(loaded)
     rows, bad = [], 0
     for key in q:
@@ -72,10 +79,10 @@ def stability(quiet: str, loaded: str) -> tuple[str, int]:
             continue
         kept = ld[key] / q[key]
         ok = kept >= KEEP
-        bad += not ok
-        rows.append(
-            [key[0], key[1], key[2], f"{q[key]:.2f}x", f"{ld[key]:.2f}x", f"{kept:.0%}", "ok" if ok else "FELL"]
-        )
+        scaling = bool(SCALING_ROWS.match(key[1]))
+        bad += not ok and not scaling
+        verdict = "ok" if ok else ("fell (parallel speed-up: needs the busy core)" if scaling else "FELL")
+        rows.append([key[0], key[1], key[2], f"{q[key]:.2f}x", f"{ld[key]:.2f}x", f"{kept:.0%}", verdict])
     header = ["section", "row", "col", "quiet", "loaded", "kept", f">= {KEEP:.0%}"]
     return table(header, rows), bad
 
@@ -118,7 +125,8 @@ def main(argv: list[str]) -> int:
         sections.append(
             "### Loaded vs quiet\n\nEvery same-run ratio, quiet and with a CPU burner on one core "
             f"(`bench._load.cpu_burner`); a ratio must keep {KEEP:.0%} of its quiet value. "
-            f"{bad} fell below.\n\n{body}\n"
+            f"{bad} fell below (not counting parallel speed-ups of two worker processes, which a "
+            f"busy core takes away by definition).\n\n{body}\n"
         )
         print(sections[-1], flush=True)
     header = [
