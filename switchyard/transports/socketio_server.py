@@ -13,6 +13,14 @@ per session. The application is a :class:`SocketIOHandler`:
 * ``on_event(client, name, args)`` returns the acknowledgement arguments (a list, or
   one value; ``None`` means none) which are sent if the client asked for an ack. The
   events of one client are handled one at a time, in the order they were sent;
+* ``on_event`` may instead return a :class:`PendingAck`: the work was started (e.g. a
+  request posted to an actor) and ``wait()`` gives the ack arguments later. The server
+  then goes on with the client's next event; ``wait()`` runs in the session's ack
+  task, after every earlier event was answered, so acks still go out in event order
+  (an event answered at once waits behind pending ones). At most
+  ``max_pending_acks`` events of a session wait for their ack; the next one waits for
+  room (backpressure). When the session ends first, ``abandon()`` is called for each
+  pending ack whose ``wait()`` has not returned;
 * ``on_disconnect(client, reason)`` once per connected client, whatever ended it.
 
 ``client.emit(name, *args)`` sends to a client from any task; it waits while the
@@ -31,6 +39,8 @@ import hmac
 import ipaddress
 import logging
 import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -44,6 +54,7 @@ from switchyard.transports.socketio_engine import EngineConfig, EngineServer, En
 
 __all__ = [
     "ConnectRefused",
+    "PendingAck",
     "SocketIOClient",
     "SocketIOConfig",
     "SocketIOHandler",
@@ -80,6 +91,7 @@ class SocketIOConfig:
     connect_timeout: float = 10.0  # a session that joins no namespace by then is closed
     max_attachments: int = 16
     disconnect_timeout: float = 10.0  # bound on on_disconnect once the session is gone
+    max_pending_acks: int = 64  # events of a session waiting for a PendingAck's answer
     http: HttpLimits | None = None  # default: HttpLimits() with body limit = max_payload
 
     def __attrs_post_init__(self) -> None:
@@ -97,6 +109,22 @@ class ConnectRefused(Exception):
         super().__init__(message)
         self.message = message
         self.data = data
+
+
+class PendingAck:
+    """An acknowledgement that comes later (see the module docstring).
+
+    ``wait()`` returns the ack arguments as ``on_event`` would (an exception: logged,
+    no ack); it runs in the session's ack task. ``abandon()``, if given, is called
+    when the session ends before ``wait()`` returned (also when it never started),
+    possibly more than once.
+    """
+
+    __slots__ = ("abandon", "wait")
+
+    def __init__(self, wait: Callable[[], Awaitable[Any]], abandon: Callable[[], None] | None = None) -> None:
+        self.wait = wait
+        self.abandon = abandon
 
 
 class SocketIOClient:
@@ -159,6 +187,30 @@ class _Link:
         self.conn = conn
         self.clients: dict[str, SocketIOClient] = {}
         self._send_lock = trio.Lock()
+        #: Events waiting for their ack, in order: (client, event, ack args or PendingAck).
+        self.acks: deque[tuple[SocketIOClient, sio.EventReceived, Any]] = deque()
+        self._acks_changed = trio.Event()
+        self._acks_waiters = 0
+
+    def acks_changed(self) -> None:
+        """An ack was queued or taken: wake the ack task or a sender waiting for room."""
+        if self._acks_waiters:
+            self._acks_changed.set()
+            self._acks_changed = trio.Event()
+
+    async def wait_acks_changed(self) -> None:
+        self._acks_waiters += 1
+        try:
+            await self._acks_changed.wait()
+        finally:
+            self._acks_waiters -= 1
+
+    def abandon_acks(self) -> None:
+        """The session is over: every pending ack still queued is abandoned."""
+        acks, self.acks = self.acks, deque()
+        for _client, _event, result in acks:
+            if isinstance(result, PendingAck) and result.abandon is not None:
+                result.abandon()
 
     async def flush(self) -> None:
         # The lock keeps packets in protocol order when several tasks emit at once.
@@ -227,9 +279,11 @@ class SocketIOServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connect_timeout, link)
                 nursery.start_soon(self._on_session_closed, link)
+                nursery.start_soon(self._ack_loop, link)
                 await self._read_loop(link)
                 nursery.cancel_scope.cancel()
         finally:
+            link.abandon_acks()
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.config.disconnect_timeout
                 await self._disconnect_all(link)
@@ -352,12 +406,52 @@ class SocketIOServer:
         except Exception:
             self.log.exception("on_event(%r) failed for client %s", event.name, client.sid)
             return
+        if isinstance(result, PendingAck) or (link.acks and event.ack_id is not None):
+            # later, or behind acks that come later: the ack task sends it, in order
+            acks = link.acks
+            while len(acks) >= self.config.max_pending_acks:
+                await link.wait_acks_changed()
+                acks = link.acks
+            acks.append((client, event, result))
+            link.acks_changed()
+            return
+        self._ack(link, client, event, result)
+
+    def _ack(self, link: _Link, client: SocketIOClient, event: sio.EventReceived, result: Any) -> None:
         if event.ack_id is not None and client.connected:
             args = result if isinstance(result, list) else ([] if result is None else [result])
             try:
                 link.conn.ack(event.nsp, event.ack_id, args)
             except sio.SocketIOError as exc:
                 self.log.error("cannot acknowledge %r: %s", event.name, exc)
+
+    async def _ack_loop(self, link: _Link) -> None:
+        """Answer queued acks in event order, waiting for each :class:`PendingAck`;
+        flushes once per run of acks that are ready."""
+        while True:
+            acks = link.acks
+            if not acks:
+                await link.wait_acks_changed()
+                continue
+            client, event, result = acks[0]
+            if isinstance(result, PendingAck):
+                try:
+                    result = await result.wait()
+                except Exception:
+                    self.log.exception("acknowledgement of %r failed for client %s", event.name, client.sid)
+                    result = _NO_ACK
+            acks.popleft()
+            link.acks_changed()
+            if result is not _NO_ACK:
+                self._ack(link, client, event, result)
+            if not acks or isinstance(acks[0][2], PendingAck):
+                try:
+                    await link.flush()
+                except SessionEnded:
+                    return
+
+
+_NO_ACK = object()  # a PendingAck whose wait() failed
 
 
 def _presented_token(auth: Any, query: str) -> str | None:

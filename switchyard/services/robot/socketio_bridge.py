@@ -5,10 +5,16 @@ on ``http://<host>:<port><path>`` through :mod:`switchyard.transports.socketio_s
 
 Client events (each answered through the client's acknowledgement callback):
 
-* ``update``, ``start``, ``process``: asked of the actor named ``worker`` as a
+* ``update``, ``start``, ``process``: sent to the actor named ``worker`` as a
   :class:`~switchyard.services.robot.messages.RobotRequest`; its ``{status, message,
   data}`` reply is the ack. If the worker cannot answer (gone, or no answer within
-  ``request_timeout``) the ack is ``{status: "error", message: <why>, data: null}``;
+  ``request_timeout``) the ack is ``{status: "error", message: <why>, data: null}``.
+  The request is told with a :class:`~switchyard.services.robot.messages.Reply` and
+  the ack comes as a :class:`~switchyard.transports.socketio_server.PendingAck`, so
+  the client's next event is read (and queued at the worker) while the worker runs
+  this one; the worker still runs them one at a time, in order, and the acks go out
+  in order. ``request_timeout`` counts from when the previous event was answered. A
+  request still queued when the client leaves is dropped by the worker (not run);
 * ``echo``: acks its arguments unchanged (a health check; the benchmark uses it);
 * anything else: an error ack naming the known events.
 
@@ -21,18 +27,26 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
-from switchyard.runtime import Actor, ActorError, ActorNotFound, ActorStopped, AskTimeout
+from switchyard.runtime import Actor, ActorNotFound, ActorStopped, MailboxFull
 from switchyard.runtime.config import port as valid_port
 from switchyard.runtime.stats import timed
-from switchyard.services.robot.messages import Push, RobotRequest, ack
+from switchyard.services.robot.messages import Push, Reply, RobotRequest, ack
 from switchyard.transports.http_server import HttpLimits
 from switchyard.transports.socketio_engine import EngineConfig, SessionEnded
-from switchyard.transports.socketio_server import SocketIOClient, SocketIOConfig, SocketIOServer, is_loopback
+from switchyard.transports.socketio_server import (
+    PendingAck,
+    SocketIOClient,
+    SocketIOConfig,
+    SocketIOServer,
+    is_loopback,
+)
 
 __all__ = ["FORWARDED_EVENTS", "TOKEN_ENV", "SocketIOBridgeActor", "SocketIOBridgeConfig"]
 
@@ -133,7 +147,8 @@ class SocketIOBridgeActor(Actor):
 
     async def on_start(self) -> None:
         # each event's handling time goes to the request latency histogram
-        self._timed_event = timed(self._on_event, self.system.metrics.request_observer(self.name, "socketio"))
+        self._observe = self.system.metrics.request_observer(self.name, "socketio")
+        self._timed_event = timed(self._on_event, self._observe)
         self.server = SocketIOServer(self, self.config.server_config(), logger=self.log)
         self.port = await self.nursery.start(self.server.serve)
 
@@ -142,16 +157,57 @@ class SocketIOBridgeActor(Actor):
         return None
 
     async def on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any:
+        if name in FORWARDED_EVENTS:
+            return await self._forward(name, args[0] if args else None)
         return await self._timed_event(client, name, args)
 
     async def _on_event(self, client: SocketIOClient, name: str, args: list[Any]) -> Any:
-        payload = args[0] if args else None
         if name == "echo":
             return args
-        if name in FORWARDED_EVENTS:
-            return await self._ask_worker(RobotRequest(name, payload))
         known = ", ".join((*FORWARDED_EVENTS, "echo"))
         return ack("error", f"unknown event {name!r} (known: {known})")
+
+    async def _forward(self, command: str, payload: Any) -> PendingAck | dict[str, Any]:
+        """Queue ``command`` at the worker; the ack (a PendingAck) comes with its reply."""
+        started = time.perf_counter()
+        reply = Reply()
+        request = RobotRequest(command, payload, reply)
+        try:
+            worker = self.system.lookup(self.config.worker)
+            try:
+                worker.tell_nowait(request)
+            except MailboxFull:
+                with trio.move_on_after(self.config.request_timeout):
+                    await worker.tell(request)  # waits for room (backpressure)
+                    return PendingAck(partial(self._await_reply, reply, started), reply.abandon)
+                return self._answered(started, self._timeout_ack())
+        except ActorNotFound:
+            return self._answered(
+                started, ack("error", f"no robot worker actor named {self.config.worker!r} is running")
+            )
+        except ActorStopped:
+            return self._answered(started, ack("error", "the robot worker is not running"))
+        return PendingAck(partial(self._await_reply, reply, started), reply.abandon)
+
+    async def _await_reply(self, reply: Reply, started: float) -> dict[str, Any]:
+        value: dict[str, Any] | None = None
+        try:
+            with trio.move_on_after(self.config.request_timeout):
+                value = await reply.wait()
+        finally:
+            reply.abandon()  # answered, timed out or cancelled: nobody waits any more
+        if not reply.resolved:
+            return self._answered(started, self._timeout_ack())
+        if not isinstance(value, dict):
+            return self._answered(started, ack("error", "the robot worker gave no answer"))
+        return self._answered(started, value)
+
+    def _answered(self, started: float, value: dict[str, Any]) -> dict[str, Any]:
+        self._observe(time.perf_counter() - started)
+        return value
+
+    def _timeout_ack(self) -> dict[str, Any]:
+        return ack("error", f"the robot worker did not answer within {self.config.request_timeout:g} s")
 
     async def on_disconnect(self, client: SocketIOClient, reason: str) -> None:
         self.log.info("client %s disconnected (%s); telling the worker to stop user threads", client.sid, reason)
@@ -159,22 +215,6 @@ class SocketIOBridgeActor(Actor):
             await self.system.lookup(self.config.worker).tell(RobotRequest("stop", {}))
         except (ActorNotFound, ActorStopped) as exc:
             self.log.warning("could not tell the worker to stop: %s", exc)
-
-    async def _ask_worker(self, request: RobotRequest) -> dict[str, Any]:
-        try:
-            worker = self.system.lookup(self.config.worker)
-            reply = await worker.ask(request, timeout=self.config.request_timeout)
-        except ActorNotFound:
-            return ack("error", f"no robot worker actor named {self.config.worker!r} is running")
-        except ActorStopped:
-            return ack("error", "the robot worker is not running")
-        except AskTimeout:
-            return ack("error", f"the robot worker did not answer within {self.config.request_timeout:g} s")
-        except ActorError as exc:
-            return ack("error", f"the robot worker failed: {exc}")
-        if not isinstance(reply, dict):
-            return ack("error", "the robot worker gave no answer")
-        return reply
 
     # -- mailbox ----------------------------------------------------------------------
     async def handle(self, message: Any) -> Any:

@@ -33,7 +33,10 @@ ack dict ``{status, message, data}``:
   and the caller told, one that dies between calls is restarted and ``worker_crashed``
   is pushed.
 
-Commands run one at a time, in mailbox order. Error acks never carry the server's
+Commands run one at a time, in mailbox order. A request told with a
+:class:`~switchyard.services.robot.messages.Reply` gets the same ack through it (see
+:mod:`~switchyard.services.robot.messages`), so a caller can queue the next command
+before the previous one is answered. Error acks never carry the server's
 absolute paths: the child shows project-relative ones and the actor replaces the
 storage and socket directories in whatever else reaches it.
 """
@@ -254,6 +257,23 @@ class RobotWorkerActor(Actor):
     async def handle(self, message: Any) -> Any:
         if not isinstance(message, RobotRequest):
             raise TypeError(f"robot worker takes RobotRequest messages, not {type(message).__name__}")
+        reply = message.reply_to
+        if reply is None:
+            return await self._serve(message)
+        if reply.abandoned:
+            return None  # nobody waits for it any more: not run
+        try:
+            result = await self._serve(message)
+        except Exception as exc:
+            reply.resolve(ack("error", f"the robot worker failed: {exc}"))
+            raise
+        except BaseException:
+            reply.resolve(ack("error", "the robot worker stopped while handling the request"))
+            raise
+        reply.resolve(result)
+        return result
+
+    async def _serve(self, message: RobotRequest) -> dict[str, Any]:
         command = message.command
         if command == "update":
             return await self._update(message.payload)
