@@ -245,8 +245,16 @@ def _echo_bench() -> dict[str, tuple[list[float], list[float]]]:
 
 
 def main() -> None:
+    global RUNS
     parser = argparse.ArgumentParser()
-    parser.parse_args()
+    parser.add_argument("--echo-only", action="store_true", help="only the REQ echo servers (a shorter A/B run)")
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"runs per server (default {RUNS})")
+    args = parser.parse_args()
+    RUNS = args.runs
+    if args.echo_only:
+        echo = _echo_rows()
+        print(section("ZeroMQ bridge", "python -m bench.bench_core --echo-only", echo, f"{RUNS} runs each."))
+        return
     rows = []
     raw_tell = [trio.run(_raw_tell) for _ in range(RUNS)]
     our_tell = [trio.run(_actor_tell) for _ in range(RUNS)]
@@ -276,7 +284,15 @@ def main() -> None:
         ]
     )
     body1 = table(["measure", "raw trio channel", "switchyard actor", "ratio", "goal"], rows)
+    notes = (
+        f"{RUNS} runs each; {TELLS} tells, {ASKS} asks, {ECHOES} REQ round trips per run; "
+        "servers interleaved run by run. Goal for the bridge: >= 1.00x zmq.asyncio."
+    )
+    body2 = _echo_rows()
+    print(section("Core runtime and ZeroMQ bridge", "python -m bench.bench_core", body1 + "\n\n" + body2, notes))
 
+
+def _echo_rows() -> str:
     echo = _echo_bench()
     asyncio_rate = median(echo["zmq.asyncio REP (baseline)"][0])
     rows2 = []
@@ -290,7 +306,7 @@ def main() -> None:
                 ratio(median(rates), asyncio_rate),
             ]
         )
-    body2 = table(
+    return table(
         [
             "server (REQ client in another process, ipc://)",
             "round trips/s (median)",
@@ -300,11 +316,6 @@ def main() -> None:
         ],
         rows2,
     )
-    notes = (
-        f"{RUNS} runs each; {TELLS} tells, {ASKS} asks, {ECHOES} REQ round trips per run; "
-        "servers interleaved run by run. Goal for the bridge: >= 1.00x zmq.asyncio."
-    )
-    print(section("Core runtime and ZeroMQ bridge", "python -m bench.bench_core", body1 + "\n\n" + body2, notes))
 
 
 if __name__ == "__main__":
