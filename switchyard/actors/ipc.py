@@ -102,13 +102,16 @@ class IpcServerActor(Actor):
         if not isinstance(data, dict) or not isinstance(data.get("actor"), str):
             raise ReplyError("bad_message", "expected {'actor': <name>, 'message': <any>}")
         name = data["actor"]
-        exposed = self._exposed()
-        if name not in exposed:
-            raise ReplyError("actor_not_found", str(ActorNotFound(name, exposed)))
+        expose = self.config.expose
+        # No list of names per request: it is built only to word the error.
+        if (name not in expose) if expose else (name == self.name):
+            raise ReplyError("actor_not_found", str(ActorNotFound(name, self._exposed())))
         try:
             return self.system.lookup(name), data.get("message")
         except ActorNotFound as exc:
-            raise ReplyError("actor_not_found", str(exc)) from None
+            # Worded as before: by the registry if the name is exposed, else by what is.
+            text = str(exc) if expose else str(ActorNotFound(name, self._exposed()))
+            raise ReplyError("actor_not_found", text) from None
 
     async def _tell(self, data: Any) -> None:
         ref, message = self._target(data)

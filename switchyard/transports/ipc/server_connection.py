@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["RequestContext", "ServerConnection", "current_request"]
 
 ERR_ACCOUNT_MISMATCH = "account_mismatch"
+#: Reading tasks a connection keeps parked for hand-offs (more are simply ended).
+MAX_STANDBY = 8
 RESERVED_PREFIX = "ipc."
 
 Handler = Callable[[Any], Any]
@@ -110,6 +112,9 @@ class ServerConnection:
         self.nursery: trio.Nursery | None = None
         self.ended = trio.Event()
         self.end_reason = ""
+        #: Tasks that finished a handler they had handed the reading role away for,
+        #: parked until a hand-off needs a reader again (see :meth:`_hand_off`).
+        self._standby: list[trio.lowlevel.Task] = []
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -127,7 +132,41 @@ class ServerConnection:
             nursery.cancel_scope.cancel()
 
     async def _read(self) -> None:
-        """Hold this connection's reading role until EOF or until a handler takes it over.
+        """A reading task: hold the reading role until EOF or until a handler takes it over.
+
+        A task that handed the role away finishes its handler and then waits, parked,
+        to be the reader again (:meth:`_hand_off` wakes it), so a handler that blocks
+        on every request (the actor bridge's ``ask``) costs a wake-up per request
+        rather than a task spawned and ended. At most :data:`MAX_STANDBY` tasks wait;
+        the connection's end cancels them.
+        """
+        while await self._read_until_handed_off():
+            if len(self._standby) >= MAX_STANDBY:
+                return
+            task = trio.lowlevel.current_task()
+            self._standby.append(task)
+
+            def abort(_: Any, task: trio.lowlevel.Task = task) -> trio.lowlevel.Abort:
+                self._standby.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _hand_off(self) -> bool:
+        """Give the reading role to a parked reader, or a new one, if a slot is free;
+        True if the caller no longer reads (it holds a slot: :meth:`ReadingRole.release`)."""
+        if not self.role.try_acquire():
+            return False
+        if self._standby:
+            trio.lowlevel.reschedule(self._standby.pop())
+        else:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._read)
+        return True
+
+    async def _read_until_handed_off(self) -> bool:
+        """Read until the connection ends (False) or this task handed the role away and
+        finished that handler (True).
 
         The task's cancel scope doubles as the scope of a handler that blocked in
         it (see :meth:`_dispatch`): a handler that already ran a step cannot be put
@@ -155,6 +194,7 @@ class ServerConnection:
             break
         if not self.running:
             self.server._idle.set()
+        return job.handed_off
 
     async def _keepalive(self) -> None:
         reason = await self.framed.keepalive(self.server.heartbeat_interval, self.server.heartbeat_timeout)
@@ -303,7 +343,7 @@ class ServerConnection:
                     # From here on no cancel scope may be entered around the coroutine
                     # (it may hold scopes of its own): only the task's.
                     _current.reset(token)  # the new reader must not inherit this request
-                    handed_off = self.role.hand_off()
+                    handed_off = self._hand_off()
                     token = _current.set(context)
                     result = await self._finish_blocking(job, message, result, handed_off)
                 if getattr(type(result), "__aiter__", None) is not None:
