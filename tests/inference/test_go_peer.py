@@ -41,26 +41,23 @@ def run_client(peer: Path, endpoint: str, tasks: int, pixels: Path, model_path: 
     return json.loads(done.stdout)
 
 
-async def test_go_client_gets_every_digit_right_in_lockstep(go_peer: tuple[Path, Path]) -> None:
+async def against_the_service(go_peer: tuple[Path, Path], tasks: int, model_path: str) -> dict:
     peer, pixels = go_peer
     endpoint = free_tcp_endpoint()
     async with open_system("go-peer") as system:
-        await system.spawn(
-            InferenceActor, name="inference", config=InferenceConfig(endpoint=endpoint, events_endpoint="")
-        )
-        summary = await trio.to_thread.run_sync(run_client, peer, endpoint, 400, pixels, "/models/digits_mlp.onnx")
+        config = InferenceConfig(endpoint=endpoint, events_endpoint="")
+        await system.spawn(InferenceActor, name="inference", config=config)
+        return await trio.to_thread.run_sync(run_client, peer, endpoint, tasks, pixels, model_path)
+
+
+async def test_go_client_gets_every_digit_right_in_lockstep(go_peer: tuple[Path, Path]) -> None:
+    summary = await against_the_service(go_peer, 400, "/models/digits_mlp.onnx")
     expected = [str(p) for p in bundled_digit_predictions()]
     assert summary["ok"] == 400
     assert summary["labels"] == [expected[i % len(HELD.labels)] for i in range(400)]
 
 
 async def test_go_client_reads_an_error_reply_for_an_unknown_model(go_peer: tuple[Path, Path]) -> None:
-    peer, pixels = go_peer
-    endpoint = free_tcp_endpoint()
-    async with open_system("go-peer") as system:
-        await system.spawn(
-            InferenceActor, name="inference", config=InferenceConfig(endpoint=endpoint, events_endpoint="")
-        )
-        summary = await trio.to_thread.run_sync(run_client, peer, endpoint, 3, pixels, "/models/whisper_base.onnx")
+    summary = await against_the_service(go_peer, 3, "/models/whisper_base.onnx")
     assert summary["ok"] == 0
     assert all(label.startswith("error: model_path '/models/whisper_base.onnx'") for label in summary["labels"])

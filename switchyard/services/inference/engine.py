@@ -340,6 +340,20 @@ class _Job:
     #: JSON form: the request itself (code-served task types get it).
     request: TaskRequest | None = None
 
+    @classmethod
+    def of(cls, request: TaskRequest, start: float) -> _Job:
+        """The job for a parsed JSON-form request."""
+        return cls(
+            start,
+            False,
+            task_id=request.task_id,
+            task_type=request.task_type,
+            model=request.model_path,
+            params=dict(request.params),
+            data=request.input_data,
+            request=request,
+        )
+
 
 class InferenceEngine:
     """Models, batchers and the task lifecycle for one process. Start with ``nursery.start(engine.run)``."""
@@ -468,17 +482,7 @@ class InferenceEngine:
         return self._reply(job, results, None)
 
     def _parse_json(self, frame: Any, start: float) -> _Job:
-        request = parse_request(_frame_view(frame), max_input_bytes=self.config.max_input_bytes)
-        return _Job(
-            start,
-            False,
-            task_id=request.task_id,
-            task_type=request.task_type,
-            model=request.model_path,
-            params=dict(request.params),
-            data=request.input_data,
-            request=request,
-        )
+        return _Job.of(parse_request(_frame_view(frame), max_input_bytes=self.config.max_input_bytes), start)
 
     def _parse_binary(self, frames: Sequence[Any], start: float) -> _Job:
         request = parse_binary_request([_frame_view(f) for f in frames], max_input_bytes=self.config.max_input_bytes)
@@ -519,16 +523,7 @@ class InferenceEngine:
 
     async def run_request(self, request: TaskRequest, start: float | None = None) -> TaskReply:
         """Run a parsed JSON-form task; failures come back as an ``error`` reply."""
-        job = _Job(
-            time.perf_counter() if start is None else start,
-            False,
-            task_id=request.task_id,
-            task_type=request.task_type,
-            model=request.model_path,
-            params=dict(request.params),
-            data=request.input_data,
-            request=request,
-        )
+        job = _Job.of(request, time.perf_counter() if start is None else start)
         return await self._run_job(job, None, None)
 
     def _batcher(self, model: LoadedModel, shape: tuple[int, ...]) -> Batcher:
