@@ -214,9 +214,6 @@ class Batcher:
         self.rows += len(rows)
         return outcomes[0]
 
-    async def rearm(self) -> None:
-        """Kept for callers that start it; passes are now counted by an instrument (returns at once)."""
-
     def _record(self, took: float, rows: int) -> None:
         per_row = took / max(1, rows)
         if self._per_row is not None and self._inline_below > 0:
