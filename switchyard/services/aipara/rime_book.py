@@ -20,6 +20,12 @@ What a caller may rely on:
 
 Time is passed in (``now`` monotonic seconds for expiry, ``wall_ms`` for wire
 timestamps) so tests control it.
+
+:meth:`RimeStateBook.handle_quick_state` is the server's hot path for the request
+sent on every keystroke: it takes the checked fields
+(:func:`~switchyard.services.aipara.rime_messages.read_rime_request`) and answers
+the reply's bytes, with the same effect and bytes as :meth:`~RimeStateBook.handle`
+plus encoding, but no report, reply dict or :class:`Handled` built on the way.
 """
 
 from __future__ import annotations
@@ -29,15 +35,18 @@ from typing import Any
 
 import attrs
 
+from switchyard.protocols.codec import json_codec
 from switchyard.services.aipara.commands import OutboxCommand, command_to_wire
 from switchyard.services.aipara.rime_messages import (
     BadRequest,
     ClientCommand,
     Pong,
+    QuickState,
     RimeRequest,
     StateReport,
     SwitchOption,
     command_response,
+    encode_command_response,
     error_response,
     response_name,
 )
@@ -164,6 +173,8 @@ class _Client:
     requests: int = 0
     bad_requests: int = 0
     outbox: deque[dict[str, Any]] = attrs.Factory(deque)
+    #: ``client_id`` as JSON, written once for every reply to this client.
+    client_json: bytes = b""
 
     def snapshot(self) -> ClientState:
         return ClientState(
@@ -206,12 +217,7 @@ class RimeStateBook:
                 entry.bad_requests += 1
             return Handled(reply=error_response(client_id=client_id, reason=request.reason, timestamp_ms=wall_ms))
 
-        evicted = self._ensure(client_id, now)
-        entry = self._clients[client_id]
-        self._clients.move_to_end(client_id)
-        entry.last_seen = now
-        entry.last_seen_ms = wall_ms
-        entry.requests += 1
+        entry, evicted = self._touch(client_id, now, wall_ms)
         events: tuple[RimeEvent, ...] = ()
 
         if isinstance(request, StateReport):
@@ -257,6 +263,37 @@ class RimeStateBook:
             client_id=client_id, commands=commands, timestamp_ms=wall_ms, response=response_name(request)
         )
         return Handled(reply=reply, events=events, delivered=len(commands), evicted=evicted)
+
+    def handle_quick_state(
+        self, client_id: str, state: QuickState, *, now: float, wall_ms: int
+    ) -> tuple[bytes, int, tuple[str, ...]]:
+        """Apply a plain ``state`` request's checked fields; ``(reply, delivered, evicted)``.
+
+        Same effect as :meth:`handle` with the :class:`StateReport` that
+        ``parse_rime_request`` makes of the same body, and ``reply`` is
+        ``json_codec.encode(handled.reply)`` byte for byte. A state request has no events.
+        """
+        composing, stamp, switches, properties = state
+        entry, evicted = self._touch(client_id, now, wall_ms)
+        if composing is not None:
+            entry.is_composing = composing
+        known = entry.switches
+        for name, kind, on, index in switches:
+            old = known.get(name)
+            # An unchanged switch keeps its record (equal either way): no object per request.
+            if old is None or old.state is not on or old.state_index != index or old.type != kind:
+                known[name] = SwitchOption(name=name, type=kind, state=on, state_index=index)
+        if properties:
+            entry.properties.update(properties)
+        if stamp is not None:
+            entry.client_timestamp = stamp
+        outbox = entry.outbox
+        if not outbox:
+            return encode_command_response(entry.client_json, (), wall_ms, "rime_state_received"), 0, evicted
+        commands = list(outbox)
+        outbox.clear()
+        reply = encode_command_response(entry.client_json, commands, wall_ms, "rime_state_received")
+        return reply, len(commands), evicted
 
     # -- commands -----------------------------------------------------------------
 
@@ -313,15 +350,26 @@ class RimeStateBook:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def _ensure(self, client_id: str, now: float) -> tuple[str, ...]:
-        if client_id in self._clients:
-            return ()
-        evicted: list[str] = []
-        while len(self._clients) >= self.max_clients:
-            victim, _ = self._clients.popitem(last=False)
-            evicted.append(victim)
-        self._clients[client_id] = _Client(client_id=client_id, last_seen=now)
-        return tuple(evicted)
+    def _touch(self, client_id: str, now: float, wall_ms: int) -> tuple[_Client, tuple[str, ...]]:
+        """The client's record, created (evicting the least recently seen) if new, marked seen now."""
+        clients = self._clients
+        entry = clients.get(client_id)
+        evicted: tuple[str, ...] = ()
+        if entry is None:
+            gone: list[str] = []
+            while len(clients) >= self.max_clients:
+                victim, _ = clients.popitem(last=False)
+                gone.append(victim)
+            evicted = tuple(gone)
+            entry = clients[client_id] = _Client(
+                client_id=client_id, last_seen=now, client_json=json_codec.encode(client_id)
+            )
+        else:
+            clients.move_to_end(client_id)
+        entry.last_seen = now
+        entry.last_seen_ms = wall_ms
+        entry.requests += 1
+        return entry, evicted
 
 
 def _command_event(client_id: str, command: ClientCommand, wall_ms: int) -> CommandEvent:

@@ -6,6 +6,11 @@ It never raises, so the server can always answer exactly one reply:
 :func:`command_response` or :func:`error_response`, both in the ``command_response``
 shape the client parses. Field names are the peer's (docs/aipara.md), typos included.
 
+The server's hot path is :func:`read_rime_request`: the same parse, except that a
+plain ``state`` request (the one the client sends on every keystroke) comes back as a
+:data:`QuickState` tuple of checked fields instead of attrs objects, and
+:func:`encode_command_response` writes a reply's bytes without building its dict.
+
 Nothing here does I/O; every function is deterministic given its arguments.
 """
 
@@ -16,9 +21,11 @@ from typing import Any
 
 import attrs
 
+from switchyard.protocols.codec import json_codec
 from switchyard.services.aipara.wire import (
     COMMAND_MESSEGE,
     DEFAULT_MAX_REQUEST_BYTES,
+    MAX_WIRE_INT,
     MESSEGE_TYPE,
     _decode_object,
     _Invalid,
@@ -35,12 +42,16 @@ __all__ = [
     "ClientCommand",
     "Commit",
     "Pong",
+    "QuickState",
     "RimeRequest",
     "StateReport",
     "SwitchOption",
     "command_response",
+    "encode_command_response",
     "error_response",
+    "parse_rime_object",
     "parse_rime_request",
+    "read_rime_request",
     "response_name",
 ]
 
@@ -208,9 +219,17 @@ def parse_rime_request(
     Fields are checked for type when present; absent optional fields take defaults, so
     older and newer clients (``properties`` as an object or as a list) both parse.
     """
-    kind: str | None = None
     try:
         obj = _decode_object(body, max_bytes)
+    except _Invalid as exc:
+        return BadRequest(reason=str(exc))
+    return parse_rime_object(obj)
+
+
+def parse_rime_object(obj: dict[str, Any]) -> RimeRequest:
+    """:func:`parse_rime_request` for a body already decoded into a JSON object. Never raises."""
+    kind: str | None = None
+    try:
         kind = _kind(obj)
         if kind is None:
             if obj.get("response") == "pong":
@@ -225,6 +244,97 @@ def parse_rime_request(
         return BadRequest(reason=str(exc), messege_type=kind)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a check we missed: still the peer's shape
         return BadRequest(reason=f"invalid request: {type(exc).__name__}: {exc}", messege_type=kind)
+
+
+#: A plain ``state`` request's checked fields, as :func:`read_rime_request` gives them:
+#: ``(is_composing, timestamp, switches, properties)`` with each switch as
+#: ``(name, type, state, state_index)`` and ``properties`` None when absent or empty.
+#: The values are the ones :func:`parse_rime_request` puts in its :class:`StateReport`.
+QuickState = tuple[bool | None, int | None, tuple[tuple[str, str, bool, int], ...], dict[str, Any] | None]
+
+
+def read_rime_request(
+    body: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> QuickState | RimeRequest:
+    """:func:`parse_rime_request`, except that a plain ``state`` request is a :data:`QuickState`.
+
+    "Plain" means kind ``state``, no ``command_message``, and every field of the type
+    the client sends; anything else (other kinds, any field in doubt, every error)
+    goes through :func:`parse_rime_object`, so what is accepted, the values and every
+    error reason are exactly :func:`parse_rime_request`'s. Never raises.
+    """
+    try:
+        obj = _decode_object(body, max_bytes)
+    except _Invalid as exc:
+        return BadRequest(reason=str(exc))
+    quick = _quick_state(obj)
+    return quick if quick is not None else parse_rime_object(obj)
+
+
+def _quick_state(obj: dict[str, Any]) -> QuickState | None:
+    # Only ever accepts a subset of what _parse_state accepts, with its values (exact
+    # types, so True is never taken for an integer); None sends obj the full way.
+    if obj.get(MESSEGE_TYPE) != "state" or obj.get("command_message") is not None:
+        return None
+    composing = obj.get("is_composing")
+    if composing is not None and type(composing) is not bool:
+        return None
+    stamp = obj.get("timestamp")
+    if stamp is not None:
+        if type(stamp) is float:
+            if not -MAX_WIRE_INT <= stamp <= MAX_WIRE_INT:  # also refuses inf and nan
+                return None
+            stamp = int(stamp)
+        elif type(stamp) is not int or not -MAX_WIRE_INT <= stamp <= MAX_WIRE_INT:
+            return None
+    raw = obj.get("switches_option")
+    switches: tuple[tuple[str, str, bool, int], ...] = ()
+    if raw is not None:
+        if type(raw) is not list:
+            return None
+        parsed = []
+        for item in raw:
+            if type(item) is not dict:
+                return None
+            name = item.get("name")
+            kind = item.get("type", "simple")
+            state = item.get("state")
+            index = item.get("state_index")
+            if type(name) is not str:
+                return None
+            if kind is None:
+                kind = "simple"
+            elif type(kind) is not str:
+                return None
+            if index is None:
+                if state is None:
+                    state = False
+                elif type(state) is not bool:
+                    return None
+                index = int(state)
+            elif type(index) is not int:
+                return None
+            elif state is None:
+                state = bool(index)
+            elif type(state) is not bool:
+                return None
+            parsed.append((name, kind, state, index))
+        switches = tuple(parsed)
+    props = obj.get("properties")
+    if props is not None:
+        if type(props) is list:
+            listed: dict[str, Any] = {}
+            for item in props:
+                if type(item) is not dict:
+                    return None
+                name = item.get("name")
+                if type(name) is not str:
+                    return None
+                listed[name] = item.get("value")
+            props = listed
+        elif type(props) is not dict:
+            return None
+    return composing, stamp, switches, props or None
 
 
 def response_name(request: RimeRequest) -> str:
@@ -253,6 +363,35 @@ def command_response(
         "client_id": client_id,
         COMMAND_MESSEGE: [dict(c) for c in commands],
     }
+
+
+_REPLY_HEAD = {
+    name: b'{"%s":"command_response","response":"%s","timestamp":' % (MESSEGE_TYPE.encode(), name.encode())
+    for name in ("rime_state_received", "command_received", "pong_received", "error")
+}
+_REPLY_LIST = b',"%s":' % COMMAND_MESSEGE.encode()
+
+
+def encode_command_response(
+    client_json: bytes, commands: Sequence[Mapping[str, Any]], timestamp_ms: int, response: str
+) -> bytes:
+    """``json_codec.encode(command_response(...))``, byte for byte, without building the dict.
+
+    ``client_json`` is ``json_codec.encode(client_id)``, which a server can keep per
+    client. Raises :class:`~switchyard.protocols.codec.CodecError` as that encode would.
+    """
+    head = _REPLY_HEAD.get(response)
+    if head is None or type(timestamp_ms) is not int:  # not one of ours: the plain way
+        return json_codec.encode(
+            command_response(
+                client_id=json_codec.decode(client_json),
+                commands=commands,
+                timestamp_ms=timestamp_ms,
+                response=response,
+            )
+        )
+    listed = json_codec.encode(list(commands)) if commands else b"[]"
+    return b'%s%d,"client_id":%s%s%s}' % (head, timestamp_ms, client_json, _REPLY_LIST, listed)
 
 
 def error_response(*, client_id: str, reason: str, timestamp_ms: int) -> dict[str, Any]:

@@ -47,9 +47,9 @@ from switchyard.services.aipara.protocol import (
     CommandError,
     command_from_dict,
     error_response,
-    parse_rime_request,
 )
 from switchyard.services.aipara.rime_book import CommandEvent, CommitEvent, RimeEvent, RimeStateBook, client_key
+from switchyard.services.aipara.rime_messages import read_rime_request
 from switchyard.transports.zmq_bridges import (
     LIMIT_KEYS_MOVED,
     EndpointConfig,
@@ -181,20 +181,31 @@ class RimeStateActor(Actor):
         # Plain, not async: nothing here waits (state lives in this actor), and the
         # bridge then needs no coroutine and no cancel scope per request.
         client = client_key(current_identity())
-        request = parse_rime_request(body, max_bytes=self.config.limits.max_message_size)
+        request = read_rime_request(body, max_bytes=self.config.limits.max_message_size)
         self.stats["requests"] += 1
+        if isinstance(request, tuple):  # a plain state report: the keystroke path, no objects built
+            reply, delivered, evicted = self.book.handle_quick_state(
+                client, request, now=trio.current_time(), wall_ms=_now_ms()
+            )
+            if evicted:
+                self._log_evicted(evicted)
+            self.stats["commands_delivered"] += delivered
+            return reply
         if isinstance(request, BadRequest):
             self.stats["bad_requests"] += 1
             self._bad("bad request from %s: %s", client, request.reason)
         handled = self.book.handle(client, request, now=trio.current_time(), wall_ms=_now_ms())
-        for victim in handled.evicted:
-            self._bad(
-                "client limit (%d) reached: forgot least recently seen client %s", self.config.max_clients, victim
-            )
+        self._log_evicted(handled.evicted)
         self.stats["commands_delivered"] += handled.delivered
         for event in handled.events:
             self._publish(event)
         return json_codec.encode(handled.reply)
+
+    def _log_evicted(self, evicted: tuple[str, ...]) -> None:
+        for victim in evicted:
+            self._bad(
+                "client limit (%d) reached: forgot least recently seen client %s", self.config.max_clients, victim
+            )
 
     def _error_reply(self, exc: BaseException, body: Any) -> bytes:
         if isinstance(exc, MessageTooLarge):
