@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 import trio
+import zmq
 
 from switchyard.runtime import Actor
 from switchyard.runtime.config import endpoint as valid_endpoint
@@ -79,6 +80,47 @@ class TensorSessionConfig:
 
 #: An inline run this many times over ``inline_run_us`` bars its command from inline runs.
 SLOW_FACTOR = 10
+
+#: Result data at least this big that is exactly a received frame's memory goes back
+#: as that ``zmq.Frame`` (smaller frames pyzmq copies anyway).
+REUSE_MIN_BYTES = 1 << 16
+
+
+def _address(buffer: Any) -> int:
+    return int(np.frombuffer(buffer, np.uint8).__array_interface__["data"][0])
+
+
+class _ReceivedFrames:
+    """A request's large data frames, by (address, size) of their memory.
+
+    A result that is an input tensor, or a whole view of one (``echo``, a reshape),
+    would go out as a memoryview: pyzmq's zero-copy send of a Python buffer frees
+    it through its garbage-collector thread, which takes the GIL and frees the
+    megabytes the request arrived in while this thread waits for it (~60-120 us a
+    MiB here). Sending the received ``zmq.Frame`` instead shares libzmq's message
+    (a reference count, freed by libzmq without the GIL): same bytes, no copy.
+    """
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: Sequence[Any]) -> None:
+        self.frames: dict[tuple[int, int], Any] = {}
+        for frame in frames[2::2]:  # [header json, tsr header, data, tsr header, data, ...]
+            if isinstance(frame, zmq.Frame):
+                buffer = frame.buffer
+                if buffer.nbytes >= REUSE_MIN_BYTES:
+                    self.frames[(_address(buffer), buffer.nbytes)] = frame
+
+    def reuse(self, out: list[Any]) -> list[Any]:
+        """``out`` (a response's frames) with data views of a received frame replaced by that frame."""
+        if self.frames:
+            for i in range(2, len(out), 2):
+                data = out[i]
+                if isinstance(data, memoryview) and data.nbytes >= REUSE_MIN_BYTES:
+                    frame = self.frames.get((_address(data), data.nbytes))
+                    if frame is not None:
+                        out[i] = frame
+        return out
 
 
 @attrs.define
@@ -210,11 +252,14 @@ class TensorSessionActor(Actor):
             await send(encode_done(req_id, "ok"))
             return
 
+        received = _ReceivedFrames(frames) if tensors else None
+
         async def send_reply(reply: Response | Done) -> None:
             if isinstance(reply, Done):
                 await send(encode_done(reply.id, reply.status))
-            else:
-                await send(encode_response(reply.id, reply.cmd, reply.params, reply.tensors, reply.status))
+                return
+            out = encode_response(reply.id, reply.cmd, reply.params, reply.tensors, reply.status)
+            await send(received.reuse(out) if received is not None and reply.tensors else out)
 
         await self._execute(request, _FrameExchange(req_id, tensors, send_reply))
 
