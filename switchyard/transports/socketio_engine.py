@@ -45,10 +45,10 @@ from switchyard.protocols.engineio import Packet, PacketType, ServerSession, Ses
 from switchyard.runtime.inline import Blocked, first_step, resume
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.http_server import Request, Response
-from switchyard.transports.socketio_engine_socket import EngineSocket, SessionEnded, held
+from switchyard.transports.socketio_engine_socket import EngineSocket, SessionEnded
 from switchyard.transports.websocket_server import PendingWebSocket, WebSocketClosed, WebSocketConnection, handshake
 
-__all__ = ["DEFAULT_ORIGINS", "EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "held", "origin_allowed"]
+__all__ = ["DEFAULT_ORIGINS", "EngineConfig", "EngineServer", "EngineSocket", "SessionEnded", "origin_allowed"]
 
 SessionHandler = Callable[[EngineSocket], Awaitable[None]]
 

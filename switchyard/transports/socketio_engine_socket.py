@@ -35,11 +35,12 @@ import trio
 from switchyard.protocols import engineio as eio
 from switchyard.protocols.engineio import Packet, ServerSession, SessionState, Transport
 from switchyard.transports.http_server import Request
-from switchyard.transports.websocket_server import WebSocketClosed
+from switchyard.transports.websocket_server import FastLock, WebSocketClosed
 
-__all__ = ["Dispatcher", "EngineSocket", "SessionEnded", "held"]
+__all__ = ["Dispatcher", "EngineSocket", "SessionEnded"]
 
-WebSocketSend = Callable[[list[str | bytes]], Awaitable[None]]
+#: ``send(messages, timeout)``: writes a batch; False if ``timeout`` passed first.
+WebSocketSend = Callable[[list[str | bytes], float], Awaitable[bool]]
 #: ``(handle, flush)``: ``handle(batch)`` handles messages in order, ``flush()`` writes answers.
 Dispatcher = tuple[Callable[[list[str | bytes]], Awaitable[object]], Callable[[], Awaitable[None]]]
 
@@ -50,28 +51,6 @@ class SessionEnded(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class held:
-    """Hold a ``trio.Lock``; when it is free, take it without a trip through the scheduler.
-
-    ``async with lock`` always checkpoints; on the per-message paths here that is one
-    more scheduler round per message for a lock that is almost never contended.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self._lock = lock
-
-    async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
 
 
 class EngineSocket:
@@ -112,7 +91,7 @@ class EngineSocket:
         self._waiters = 0
         # WebSocket mode: frames are written by whoever queues them (no extra task hop)
         self._ws_send: WebSocketSend | None = None
-        self._write_lock = trio.Lock()
+        self._write_lock = FastLock()
         self._writer_kick = trio.Event()
         self.closed = trio.Event()
         self.close_reason: str | None = None
@@ -359,7 +338,7 @@ class EngineSocket:
         send = self._ws_send
         if send is None or not self.session.has_outgoing(Transport.WEBSOCKET):
             return
-        async with held(self._write_lock):
+        async with self._write_lock:
             packets = self.session.take_outgoing(Transport.WEBSOCKET)
             if not packets:
                 return
@@ -367,12 +346,12 @@ class EngineSocket:
                 self._changed.set()
                 self._changed = trio.Event()
             try:
-                with trio.move_on_after(self.send_timeout) as scope:
-                    await send([eio.encode_packet(p) for p in packets])
+                # the timeout is applied below only if the write has to wait
+                written = await send([eio.encode_packet(p) for p in packets], self.send_timeout)
             except (WebSocketClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.abort("transport close")
                 raise SessionEnded(self.close_reason or "transport close") from None
-            if scope.cancelled_caught:
+            if not written:
                 self.abort(f"client did not read a write within {self.send_timeout:g} s")
                 raise SessionEnded(self.close_reason or "send timeout")
             if self.session.state is SessionState.CLOSED:

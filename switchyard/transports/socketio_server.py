@@ -50,7 +50,8 @@ import trio
 from switchyard.protocols import socketio as sio
 from switchyard.runtime.ratelog import RateLimitedLog
 from switchyard.transports.http_server import HttpLimits, HttpServer
-from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded, held
+from switchyard.transports.socketio_engine import EngineConfig, EngineServer, EngineSocket, SessionEnded
+from switchyard.transports.websocket_server import FastLock
 
 __all__ = [
     "ConnectRefused",
@@ -186,7 +187,7 @@ class _Link:
         self.sock = sock
         self.conn = conn
         self.clients: dict[str, SocketIOClient] = {}
-        self._send_lock = trio.Lock()
+        self._send_lock = FastLock()
         #: Events waiting for their ack, in order: (client, event, ack args or PendingAck).
         self.acks: deque[tuple[SocketIOClient, sio.EventReceived, Any]] = deque()
         self._acks_changed = trio.Event()
@@ -214,7 +215,7 @@ class _Link:
 
     async def flush(self) -> None:
         # The lock keeps packets in protocol order when several tasks emit at once.
-        async with held(self._send_lock):
+        async with self._send_lock:
             frames = self.conn.take_outgoing()
             if frames:
                 await self.sock.send_many(frames)

@@ -20,15 +20,23 @@ What a caller may rely on:
   still checkpoints every few calls, so a peer that keeps the socket full cannot
   starve other tasks, and every wait is a Trio checkpoint (cancellable);
 * writes are serialised by a lock; :meth:`~WebSocketConnection.aclose` sends a close
-  frame (if none was sent) and closes the stream.
+  frame (if none was sent) and closes the stream;
+* frames: after the handshake, complete unfragmented masked text/binary frames within
+  the limit are parsed here (a read may hold several, and a frame may span reads);
+  from the first frame of any other kind (control, fragment, over the limit, bad
+  UTF-8, reserved bits, a non-minimal length) on, every byte goes through wsproto,
+  which answers and closes exactly as above. Outgoing messages are framed here, the
+  same bytes wsproto would write; control frames come from wsproto.
 """
 
 from __future__ import annotations
 
+import math
 import socket as _stdsocket
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -44,10 +52,11 @@ from wsproto.utilities import RemoteProtocolError
 
 from switchyard.transports.http_server import PrefixedStream
 
-__all__ = ["PendingWebSocket", "WebSocketClosed", "WebSocketConnection", "handshake"]
+__all__ = ["FastLock", "PendingWebSocket", "WebSocketClosed", "WebSocketConnection", "handshake"]
 
 _READ = 65536
 _CHECKPOINT_EVERY = 8  # reads that did not wait, between two forced checkpoints
+_CAN_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)  # states that may send a close frame
 
 
 class WebSocketClosed(Exception):
@@ -69,6 +78,41 @@ def _raw_socket(stream: trio.abc.Stream) -> _stdsocket.socket | None:
     return None
 
 
+class FastLock:
+    """A lock for the tasks of one Trio run: a free lock is taken with no checkpoint and
+    no bookkeeping (``trio.Lock`` tracks its owner and registers it with the run on
+    every acquire, which the per-message write paths pay for nothing).
+
+    ``async with lock`` waits while it is held (a cancellable wait); not fair: a task
+    that runs first may take a just-released lock before a woken waiter.
+    """
+
+    __slots__ = ("_lot", "locked")
+
+    def __init__(self) -> None:
+        self.locked = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        while self.locked:
+            await self._lot.park()
+        self.locked = True
+
+    def release(self) -> None:
+        self.locked = False
+        if self._lot:
+            self._lot.unpark()
+
+    async def __aenter__(self) -> None:
+        if self.locked:
+            await self.acquire()
+        else:
+            self.locked = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _Io:
     """Reads and writes on ``stream``, straight on the OS socket when they need not wait."""
 
@@ -77,7 +121,7 @@ class _Io:
         self.prefix = stream.take_prefix() if isinstance(stream, PrefixedStream) else b""
         self.raw = _raw_socket(stream)
         self._unwaited = 0
-        self.write_lock = trio.Lock()
+        self.write_lock = FastLock()
 
     async def read(self) -> bytes:
         if self.prefix:
@@ -99,29 +143,39 @@ class _Io:
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, timeout: float | None = None) -> bool:
+        """Write all of ``data`` (in order with other writes); False if ``timeout``
+        seconds passed first, waiting for the lock included (the stream may then be
+        left mid-frame: the caller drops the connection)."""
         if not data:
-            return
-        # a free lock is taken without a checkpoint: one scheduler trip less per write
+            return True
+        lock, raw = self.write_lock, self.raw
+        if lock.locked or raw is None:
+            return await self._write_slow(data, timeout, locked=False)
         try:
-            self.write_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.write_lock.acquire()
-        try:
-            raw = self.raw
-            if raw is not None:
-                try:
-                    sent = raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            await self.stream.send_all(data)
-        finally:
-            self.write_lock.release()
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if sent == len(data):
+            return True
+        lock.locked = True  # no checkpoint since the check above: the lock is still free
+        return await self._write_slow(memoryview(data)[sent:], timeout, locked=True)
+
+    async def _write_slow(self, data: bytes | memoryview, timeout: float | None, *, locked: bool) -> bool:
+        lock = self.write_lock
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            try:
+                if not locked:
+                    await lock.acquire()
+                    locked = True
+                await self.stream.send_all(data)
+                return True
+            finally:
+                if locked:
+                    lock.release()
+        return False
 
 
 class PendingWebSocket:
@@ -184,6 +238,11 @@ class WebSocketConnection:
         self._size = 0
         self._close_sent = False
         self.closed: WebSocketClosed | None = None
+        # frame parsing here until the first frame wsproto must see (see module doc)
+        self._fast = True
+        self._tail: list[bytes] = []  # an incomplete frame, in pieces
+        self._tail_len = 0
+        self._tail_need = 0  # bytes it takes to parse it further
 
     async def receive_messages(self) -> list[str | bytes]:
         """At least one complete message (every one that has arrived, in order).
@@ -197,8 +256,24 @@ class WebSocketConnection:
                 data = await self._io.read()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise self._ended(WebSocketClosed(1006, str(exc) or "connection lost")) from None
-            self._ws.receive_data(data or None)
             messages: list[str | bytes] = []
+            if self._fast:
+                if data:
+                    messages, rest = self._parse_fast(data)
+                    if rest is None:
+                        if messages:
+                            return messages
+                        continue
+                else:
+                    rest = b"".join(self._tail)
+                    self._tail.clear()
+                self._fast = False  # wsproto reads from here on, from a frame boundary
+                if rest:
+                    self._ws.receive_data(rest)
+                if not data:
+                    self._ws.receive_data(None)
+            else:
+                self._ws.receive_data(data or None)
             out = b""
             for event in self._ws.events():
                 if isinstance(event, Message):
@@ -212,7 +287,8 @@ class WebSocketConnection:
                 elif isinstance(event, Ping):
                     out += self._ws.send(event.response())
                 elif isinstance(event, CloseConnection):
-                    if not self._close_sent:
+                    # no reply when the stream ended (wsproto is CLOSED, reports 1006)
+                    if not self._close_sent and self._ws.state in _CAN_CLOSE:
                         self._close_sent = True
                         out += self._ws.send(event.response())
                     await self._write_quietly(out)
@@ -223,6 +299,71 @@ class WebSocketConnection:
                 return messages
             if not data:
                 raise self._ended(WebSocketClosed(1006, "connection lost"))
+
+    def _parse_fast(self, data: bytes) -> tuple[list[str | bytes], bytes | None]:
+        """The messages of the simple complete frames at the front of what has arrived,
+        and the bytes from the first frame wsproto must see on (None: there is none;
+        an incomplete frame at the end waits in ``_tail``)."""
+        if self._tail:
+            self._tail.append(data)
+            self._tail_len += len(data)
+            if self._tail_len < self._tail_need:
+                return [], None
+            data = b"".join(self._tail)
+            self._tail.clear()
+        messages: list[str | bytes] = []
+        pos, end, limit = 0, len(data), self.max_message_size
+        need = 0
+        while pos < end:
+            left = end - pos
+            if left < 2:
+                need = 2
+                break
+            b0, b1 = data[pos], data[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:  # FIN + text/binary, no RSV bits; masked
+                return messages, data[pos:]
+            n = b1 & 0x7F
+            if n < 126:
+                start = pos + 6
+            elif n == 126:
+                if left < 8:
+                    need = 8
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+                if n < 126:
+                    return messages, data[pos:]
+            else:
+                if left < 14:
+                    need = 14
+                    break
+                n = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 14
+                if n < 65536 or n >> 63:
+                    return messages, data[pos:]
+            if n > limit:
+                return messages, data[pos:]
+            stop = start + n
+            if stop > end:
+                need = stop - pos
+                break
+            mask = data[start - 4 : start]
+            payload = data[start:stop]
+            if mask != b"\0\0\0\0":
+                payload = _unmask(payload, mask)
+            if b0 == 0x81:
+                try:
+                    messages.append(payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    return messages, data[pos:]
+            else:
+                messages.append(payload)
+            pos = stop
+        if pos < end:
+            self._tail.append(data[pos:] if pos else data)
+            self._tail_len = end - pos
+            self._tail_need = need
+        return messages, None
 
     def _add(self, event: Message) -> str | bytes | None:
         """Collect a fragment; the whole message once it is finished (and within the limit)."""
@@ -269,16 +410,16 @@ class WebSocketConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def send_messages(self, messages: list[str | bytes]) -> None:
-        """Write ``messages`` as one write; raises :class:`WebSocketClosed` once closed."""
+    async def send_messages(self, messages: list[str | bytes], timeout: float | None = None) -> bool:
+        """Write ``messages`` as one write; raises :class:`WebSocketClosed` once closed.
+
+        False if ``timeout`` seconds passed before all was written (the connection may
+        then be left mid-frame: the caller drops it).
+        """
         if self.closed is not None or self._close_sent:
             raise self.closed or WebSocketClosed(1000, "closing")
-        ws = self._ws
-        data = b"".join(
-            [ws.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m)) for m in messages]
-        )
         try:
-            await self._io.write(data)
+            return await self._io.write(_frames(messages), timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._ended(WebSocketClosed(1006, str(exc) or "connection lost")) from None
 
@@ -295,3 +436,28 @@ class WebSocketConnection:
             finally:
                 self.closed = self.closed or WebSocketClosed(code, reason)
                 await self._io.stream.aclose()
+
+
+def _frames(messages: list[str | bytes]) -> bytes:
+    """Server frames (unmasked, unfragmented) for ``messages``: the bytes wsproto writes."""
+    parts: list[bytes] = []
+    for message in messages:
+        if isinstance(message, str):
+            payload, first = message.encode("utf-8"), 0x81
+        else:
+            payload, first = message, 0x82
+        n = len(payload)
+        if n < 126:
+            parts.append(bytes((first, n)))
+        elif n < 65536:
+            parts.append(bytes((first, 126, n >> 8, n & 0xFF)))
+        else:
+            parts.append(bytes((first, 127)) + n.to_bytes(8, "big"))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
